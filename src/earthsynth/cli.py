@@ -1,0 +1,93 @@
+"""The `earthsynth` command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+
+from earthsynth.errors import InputError
+
+# Subcommands in help order; those later releases fill say "not built yet" and exit 2.
+COMMANDS = {
+    "generate": "generate images (text2earth, crsdiff, aerogen)",
+    "augment": "turn a labelled detection dataset into a larger synthetic one",
+    "evaluate": "train a detector with and without synthetic data",
+    "denoise": "denoise a hyperspectral cube (hsi)",
+    "upscale": "super-resolve an image or GeoTIFF x2/x4 (ediffsr)",
+    "train": "train a model family from a YAML run config",
+    "app": "serve the Gradio demo",
+    "bench": "run the speed and quality benchmarks",
+    "data": "inspect the bundled real data",
+}
+
+
+def cmd_data(args) -> int:
+    from earthsynth.data.summary import render_summary
+
+    if args.action == "summary":
+        print(render_summary(tile_size=args.tile_size, min_visible=args.min_visible))
+    return 0
+
+
+def cmd_train(args) -> int:
+    from earthsynth.config import load_config
+    from earthsynth.training.loop import train
+
+    overrides = list(args.overrides)
+    if args.resume:
+        overrides.append(f"train.resume={args.resume}")
+    if args.output_dir:
+        overrides.append(f"output_dir={args.output_dir}")
+    config = load_config(args.config, overrides)
+    command = "earthsynth train " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    train(config, command=command)
+    return 0
+
+
+def not_built(args) -> int:
+    print(f"earthsynth {args.command}: not built yet", file=sys.stderr)
+    return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="earthsynth", description="Synthesise remote-sensing data with conditional diffusion models.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parsers = {name: sub.add_parser(name, help=help_text, description=help_text) for name, help_text in COMMANDS.items()}
+    for name in ("generate", "augment", "evaluate", "denoise", "upscale", "app", "bench"):
+        parsers[name].add_argument("rest", nargs=argparse.REMAINDER)
+        parsers[name].set_defaults(func=not_built)
+
+    p = parsers["train"]
+    p.add_argument("config", help="YAML run config, e.g. configs/smoke.yaml")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_steps=100")
+    p.add_argument("--resume", help="'latest' or a checkpoint folder")
+    p.add_argument("--output-dir", help="overrides output_dir")
+    p.set_defaults(func=cmd_train)
+
+    p = parsers["data"]
+    p.add_argument("action", choices=["summary"])
+    p.add_argument("--tile-size", type=int, default=256)
+    p.add_argument("--min-visible", type=float, default=0.5)
+    p.set_defaults(func=cmd_data)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    # every model loads from a local directory: an accidental hub download must fail loudly
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except InputError as err:
+        print(f"earthsynth: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("earthsynth: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

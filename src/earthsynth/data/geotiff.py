@@ -1,0 +1,159 @@
+"""GeoTIFF (and any raster GDAL reads) with its georeferencing kept next to the pixels."""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOError
+from rasterio.windows import Window
+
+from earthsynth.errors import InputError
+
+EARTH_METRES_PER_DEGREE = 111_320.0  # along a meridian; scaled by cos(lat) along a parallel
+
+
+@dataclass
+class Raster:
+    """Pixels (bands, H, W) in their file dtype plus where they lie on Earth."""
+
+    data: np.ndarray
+    crs: str | None = None  # "EPSG:xxxx" where an EPSG code exists, else WKT
+    transform: tuple[float, float, float, float, float, float] | None = None  # a, b, c, d, e, f
+    nodata: float | None = None
+    gsd: float | None = None  # metres per pixel (mean of x and y), None if not georeferenced
+    tags: dict[str, str] = field(default_factory=dict)
+    band_names: list[str] = field(default_factory=list)
+    path: str | None = None
+
+    @property
+    def bands(self) -> int:
+        return self.data.shape[0]
+
+    @property
+    def height(self) -> int:
+        return self.data.shape[1]
+
+    @property
+    def width(self) -> int:
+        return self.data.shape[2]
+
+
+def _crs_string(crs) -> str | None:
+    if crs is None:
+        return None
+    epsg = crs.to_epsg()
+    return f"EPSG:{epsg}" if epsg else crs.to_wkt()
+
+
+def gsd_metres(transform, crs, width: int, height: int) -> float | None:
+    """Ground sample distance in metres per pixel: the mean of the x and y pixel sizes.
+
+    Projected CRSs are converted with their linear unit; geographic CRSs (degrees) at the
+    latitude of the raster's centre.
+    """
+    if transform is None or crs is None:
+        return None
+    a, b, c, d, e, f = transform[:6]
+    size_x, size_y = math.hypot(a, d), math.hypot(b, e)
+    if crs.is_geographic:
+        centre_lat = f + e * height / 2 + d * width / 2
+        size_x *= EARTH_METRES_PER_DEGREE * math.cos(math.radians(centre_lat))
+        size_y *= EARTH_METRES_PER_DEGREE
+    else:
+        unit = crs.linear_units_factor[1] if crs.linear_units_factor else 1.0
+        size_x *= unit
+        size_y *= unit
+    return (size_x + size_y) / 2
+
+
+def read_geotiff(path: str | os.PathLike, window: tuple[int, int, int, int] | None = None) -> Raster:
+    """Read a raster; `window` = (x0, y0, x1, y1) in pixels reads only that part.
+
+    The transform of a window read is the window's own, so the cut stays georeferenced.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "file not found")
+    try:
+        with warnings.catch_warnings(), rasterio.open(path) as src:
+            # a plain PNG has no georeferencing: that is reported as crs None, not warned
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            win = None if window is None else Window(window[0], window[1], window[2] - window[0], window[3] - window[1])
+            data = src.read(window=win)
+            transform = src.window_transform(win) if win is not None else src.transform
+            has_geo = src.crs is not None and not transform.is_identity
+            return Raster(
+                data=data,
+                crs=_crs_string(src.crs),
+                transform=tuple(transform)[:6] if has_geo else None,
+                nodata=src.nodata,
+                gsd=gsd_metres(transform, src.crs, data.shape[2], data.shape[1]) if has_geo else None,
+                tags=dict(src.tags()),
+                band_names=[d or f"band{i + 1}" for i, d in enumerate(src.descriptions)],
+                path=str(path),
+            )
+    except RasterioIOError as err:
+        raise InputError(path, f"cannot be read as a raster ({str(err).splitlines()[0]})") from None
+    except RasterioError as err:
+        raise InputError(path, f"corrupt or truncated raster ({str(err).splitlines()[0]})") from None
+
+
+def write_geotiff(path: str | os.PathLike, raster: Raster) -> None:
+    """Write `raster` as a GeoTIFF, atomically (temp file + rename), CRS/transform/tags kept."""
+    path = Path(path)
+    data = raster.data if raster.data.ndim == 3 else raster.data[None]
+    profile = dict(driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
+                   dtype=data.dtype, nodata=raster.nodata)
+    if raster.crs is not None:
+        profile["crs"] = raster.crs
+    if raster.transform is not None:
+        profile["transform"] = rasterio.Affine(*raster.transform)
+    fd, tmp = tempfile.mkstemp(suffix=".tif.tmp", dir=path.parent or ".")
+    os.close(fd)
+    try:
+        with rasterio.open(tmp, "w", **profile) as dst:
+            dst.write(data)
+            if raster.tags:
+                dst.update_tags(**raster.tags)
+            for i, name in enumerate(raster.band_names[: data.shape[0]]):
+                dst.set_band_description(i + 1, name)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def centre_lonlat(raster: Raster) -> tuple[float, float] | None:
+    """(lon, lat) in degrees of the raster's centre, or None if not georeferenced."""
+    if raster.crs is None or raster.transform is None:
+        return None
+    from rasterio.warp import transform as warp_points
+
+    a, b, c, d, e, f = raster.transform
+    x = c + a * raster.width / 2 + b * raster.height / 2
+    y = f + d * raster.width / 2 + e * raster.height / 2
+    lons, lats = warp_points(raster.crs, "EPSG:4326", [x], [y])
+    return float(lons[0]), float(lats[0])
+
+
+def to_uint8_rgb(data: np.ndarray, bands: tuple[int, int, int] = (0, 1, 2), nodata: float | None = None,
+                 stretch: bool | None = None) -> np.ndarray:
+    """(B, H, W) any dtype -> (H, W, 3) uint8 for display and RGB training. A 2-98
+    percentile stretch is applied to anything that is not uint8 already (or if `stretch`)."""
+    rgb = data[list(bands)].astype(np.float32)
+    if stretch is None:
+        stretch = data.dtype != np.uint8
+    if not stretch:
+        return np.ascontiguousarray(rgb.transpose(1, 2, 0).astype(np.uint8))
+    valid = np.isfinite(rgb) if nodata is None else np.isfinite(rgb) & (rgb != nodata)
+    lo, hi = np.percentile(rgb[valid], [2, 98]) if valid.any() else (0.0, 1.0)
+    scaled = np.clip((rgb - lo) / max(hi - lo, 1e-6), 0, 1)
+    scaled[~valid] = 0
+    return np.round(scaled.transpose(1, 2, 0) * 255).astype(np.uint8)

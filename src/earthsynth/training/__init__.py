@@ -1,0 +1,1 @@
+"""The one accelerate training loop, EMA and checkpoints."""

@@ -1,0 +1,245 @@
+"""The one training loop: every family trains through `train(config)`.
+
+A family supplies components and a `loss(components, batch)` (earthsynth.registry.Family);
+this loop does the rest with accelerate: data order and sharding, gradient accumulation,
+mixed precision, clipping, EMA, lr schedule, logs, previews, atomic checkpoints and exact
+resume. It runs unchanged under `accelerate launch --num_processes 2 --cpu`.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from diffusers.optimization import get_scheduler
+from torch import nn
+from tqdm.auto import tqdm
+
+from earthsynth.config import RunConfig, save_config
+from earthsynth.errors import InputError
+from earthsynth.registry import Family, get_family
+from earthsynth.training.checkpoint import (
+    list_checkpoints,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+    save_rng,
+)
+from earthsynth.training.ema import EMA
+
+
+class LossModule(nn.Module):
+    """The trainable components behind one forward(batch) -> loss, so accelerate (and DDP)
+    wrap a single module. Frozen helpers (text encoder, scheduler) stay unregistered."""
+
+    def __init__(self, family: Family, components: dict):
+        super().__init__()
+        self.family = family
+        self.trainable = nn.ModuleDict({name: components[name] for name in family.trainable})
+        self.frozen = {k: v for k, v in components.items() if k not in family.trainable}
+
+    def components(self) -> dict:
+        return {**self.frozen, **dict(self.trainable.items())}
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.family.loss(self.components(), batch)
+
+
+def epoch_batches(num_samples: int, batch_size: int, seed: int, epoch: int, rank: int, world: int) -> list[list[int]]:
+    """Sample indices of one epoch for one process: a permutation fixed by (seed, epoch),
+    dealt out to the processes, cut into full batches. Deterministic, so a resume at micro
+    step k sees exactly the batches an uninterrupted run sees."""
+    order = torch.randperm(num_samples, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
+    mine = order[rank::world]
+    return [mine[i:i + batch_size] for i in range(0, len(mine) - batch_size + 1, batch_size)]
+
+
+def resolve_resume(config: RunConfig) -> Path | None:
+    resume = config.train.resume
+    if not resume:
+        return None
+    if resume == "latest":
+        found = list_checkpoints(Path(config.output_dir) / "checkpoints")
+        return found[-1] if found else None
+    path = Path(resume)
+    if not (path / "model.safetensors").exists():
+        raise InputError(path, "not a checkpoint folder (no model.safetensors)")
+    return path
+
+
+class MetricsLog:
+    """metrics.csv (always) and tensorboard (if asked), written by the main process."""
+
+    FIELDS = ("step", "loss", "lr", "grad_norm", "seconds")
+
+    def __init__(self, path: Path, resume_step: int):
+        self.path = path
+        rows = []
+        if resume_step and path.exists():  # drop rows a crashed run wrote after its checkpoint
+            with path.open() as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, self.FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def write(self, row: dict) -> None:
+        with self.path.open("a", newline="") as f:
+            csv.DictWriter(f, self.FIELDS).writerow(row)
+
+
+def save_preview(family: Family, components: dict, config: RunConfig, path: Path) -> None:
+    from earthsynth.generation.common import image_grid
+
+    # previews must not move the training RNG, or resumed runs would diverge
+    with torch.random.fork_rng(devices=[]):
+        generator = torch.Generator().manual_seed(config.train.seed)
+        images = family.preview(components, config, generator)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image_grid(images).save(path)
+
+
+def train(config: RunConfig, command: str = "", show_progress: bool = True) -> dict:
+    """Train `config`; returns {"losses": [(step, loss)...], "output_dir", "final_dir"}."""
+    family = get_family(config.family)
+    tc = config.train
+    output_dir = Path(config.output_dir)
+    accelerator = Accelerator(
+        mixed_precision=tc.mixed_precision,
+        gradient_accumulation_steps=tc.gradient_accumulation_steps,
+        log_with="tensorboard" if tc.logger == "tensorboard" else None,
+        project_dir=str(output_dir),
+    )
+    set_seed(tc.seed)  # same model init on every process
+    components = family.build(config)
+    dataset = family.dataset(config)
+    model = LossModule(family, components)
+    params = [p for p in model.trainable.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=tc.learning_rate, betas=(tc.adam_beta1, tc.adam_beta2),
+                                  weight_decay=tc.weight_decay)
+    lr_scheduler = get_scheduler(tc.lr_scheduler, optimizer, num_warmup_steps=tc.lr_warmup_steps,
+                                 num_training_steps=tc.max_steps)
+    # the lr schedule is stepped by hand once per optimizer step: accelerate's wrapper would
+    # step it once per process, changing the schedule with the number of processes
+    model, optimizer = accelerator.prepare(model, optimizer)
+    unwrapped = accelerator.unwrap_model(model)
+    ema = EMA(unwrapped.trainable, tc.ema_decay) if tc.ema_decay > 0 else None
+
+    rank, world = accelerator.process_index, accelerator.num_processes
+    batches_per_epoch = len(epoch_batches(len(dataset), tc.batch_size, tc.seed, 0, rank, world))
+    if batches_per_epoch == 0:
+        raise InputError(config.family, f"dataset has {len(dataset)} samples, fewer than batch_size x processes "
+                                        f"= {tc.batch_size * world}")
+
+    step, micro_step = 0, 0
+    resume_from = resolve_resume(config)
+    if resume_from is not None:
+        counters = load_checkpoint(resume_from, unwrapped.trainable, ema, optimizer, lr_scheduler, rank)
+        step, micro_step = counters["step"], counters["micro_step"]
+        accelerator.print(f"resumed from {resume_from} at step {step}")
+    else:
+        set_seed(tc.seed + rank)  # per-process noise streams
+
+    metrics = None
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, output_dir / "config.yaml")
+        if command:
+            (output_dir / "command.txt").write_text(command + "\n")
+        metrics = MetricsLog(output_dir / "metrics.csv", step)
+    if tc.logger == "tensorboard":
+        accelerator.init_trackers(config.family)
+
+    losses: list[tuple[int, float]] = []
+    progress = tqdm(total=tc.max_steps, initial=step, desc=f"train {config.family}",
+                    disable=not (show_progress and accelerator.is_main_process), file=sys.stderr)
+    started = time.time()
+    running_loss, running_count, grad_norm = 0.0, 0, float("nan")
+    model.train()
+    while step < tc.max_steps:
+        epoch, position = divmod(micro_step, batches_per_epoch)
+        indices = epoch_batches(len(dataset), tc.batch_size, tc.seed, epoch, rank, world)[position]
+        batch = family.collate([dataset[i] for i in indices])
+        with accelerator.accumulate(model):
+            loss = model(batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower the learning rate")
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and tc.max_grad_norm > 0:
+                grad_norm = float(accelerator.clip_grad_norm_(params, tc.max_grad_norm))
+            optimizer.step()  # accelerate skips it until the last micro-step of the accumulation
+            optimizer.zero_grad(set_to_none=True)
+        micro_step += 1
+        running_loss += loss.detach().float().item()
+        running_count += 1
+        if not accelerator.sync_gradients:
+            continue
+
+        # one optimizer step done
+        lr_scheduler.step()
+        step += 1
+        if ema is not None:
+            ema.update(unwrapped.trainable)
+        mean_loss = accelerator.reduce(torch.tensor(running_loss / running_count, device=accelerator.device), "mean").item()
+        running_loss, running_count = 0.0, 0
+        losses.append((step, mean_loss))
+        progress.update(1)
+        progress.set_postfix(loss=f"{mean_loss:.4f}")
+        if accelerator.is_main_process and (step % tc.log_every == 0 or step == tc.max_steps or step == 1):
+            row = {"step": step, "loss": f"{mean_loss:.6f}", "lr": f"{lr_scheduler.get_last_lr()[0]:.3e}",
+                   "grad_norm": f"{grad_norm:.4f}", "seconds": f"{time.time() - started:.2f}"}
+            metrics.write(row)
+            if tc.logger == "tensorboard":
+                accelerator.log({"loss": mean_loss, "lr": lr_scheduler.get_last_lr()[0], "grad_norm": grad_norm}, step=step)
+
+        if step % tc.checkpoint_every == 0 or step == tc.max_steps:
+            directory = output_dir / "checkpoints" / f"step-{step:06d}"
+            if accelerator.is_main_process:
+                save_checkpoint(directory, unwrapped.trainable.state_dict(),
+                                ema.state_dict() if ema is not None else None, optimizer, lr_scheduler,
+                                {"step": step, "micro_step": micro_step, "epoch": epoch})
+            accelerator.wait_for_everyone()
+            if not accelerator.is_main_process:
+                save_rng(directory, rank)
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                prune_checkpoints(output_dir / "checkpoints", tc.keep_checkpoints)
+
+        if family.preview is not None and accelerator.is_main_process and tc.preview_every and step % tc.preview_every == 0:
+            _with_ema(ema, unwrapped, lambda: save_preview(family, unwrapped.components(), config,
+                                                           output_dir / "previews" / f"step-{step:06d}.png"))
+    progress.close()
+
+    final_dir = output_dir / "final"
+    if accelerator.is_main_process:
+        def export():
+            if family.preview is not None:
+                save_preview(family, unwrapped.components(), config, output_dir / "previews" / f"step-{step:06d}.png")
+            if family.export is not None:
+                family.export(unwrapped.components(), config, final_dir)
+                save_config(config, final_dir / "train_config.yaml")
+                if command:
+                    (final_dir / "command.txt").write_text(command + "\n")
+        _with_ema(ema, unwrapped, export)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    seconds = time.time() - started
+    if accelerator.is_main_process and losses:
+        steps_run = len(losses)
+        accelerator.print(f"trained {steps_run} steps in {seconds:.1f} s ({seconds / max(steps_run, 1):.3f} s/step), "
+                          f"last loss {losses[-1][1]:.4f}; output in {output_dir}")
+    return {"losses": losses, "output_dir": output_dir, "final_dir": final_dir}
+
+
+def _with_ema(ema: EMA | None, unwrapped: LossModule, action) -> None:
+    if ema is None:
+        action()
+        return
+    with ema.applied(unwrapped.trainable):
+        action()
+
