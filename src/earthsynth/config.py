@@ -13,6 +13,7 @@ silently trains the default. Override values are parsed as YAML scalars (never `
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import typing
@@ -108,7 +109,15 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise InputError(where, f"expected a mapping, got {value!r}")
         return value
-    if annotation is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+    if annotation is float:
+        # YAML 1.1 reads "3e-4" (no dot) as a string; a number written that way is still a number
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                raise InputError(where, f"expected a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InputError(where, f"expected a number, got {value!r}")
         return float(value)
     if annotation is bool and not isinstance(value, bool):
         raise InputError(where, f"expected true or false, got {value!r}")
@@ -165,7 +174,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), tree:
             raise InputError(path, "config file not found") from None
         except yaml.YAMLError as err:
             raise InputError(path, f"not valid YAML ({str(err).splitlines()[0]})") from None
-    tree = dict(tree or {})
+    tree = copy.deepcopy(tree or {})  # overrides must not change the caller's dict
     for override in overrides:
         apply_override(tree, override)
     top = {"family", "output_dir", "model", "data", "train"}

@@ -74,8 +74,11 @@ def content_shuffle(image: np.ndarray, seed: int | None = None, cells: int = 8) 
         image = np.repeat(image[:, :, None], 3, axis=2)
     h, w = image.shape[:2]
     rng = np.random.default_rng(seed)
-    flow_x = cv2.resize(rng.uniform(0, w, (cells, cells)).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
-    flow_y = cv2.resize(rng.uniform(0, h, (cells, cells)).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
+    # Source coordinates for every pixel: smooth noise spanning the whole image.
+    grid_x = rng.uniform(0, w, (cells, cells)).astype(np.float32)
+    grid_y = rng.uniform(0, h, (cells, cells)).astype(np.float32)
+    flow_x = cv2.resize(grid_x, (w, h), interpolation=cv2.INTER_CUBIC)
+    flow_y = cv2.resize(grid_y, (w, h), interpolation=cv2.INTER_CUBIC)
     shuffled = cv2.remap(image, flow_x, flow_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
     return shuffled.astype(np.float32) / 255.0
 
@@ -113,7 +116,9 @@ def landcover_onehot(
     """
     classes = np.asarray(classes)
     if classes.ndim != 2 or not np.issubdtype(classes.dtype, np.integer):
-        raise ValueError(f"classes must be an (H, W) integer array, got {classes.dtype} {classes.shape}")
+        raise ValueError(
+            f"classes must be an (H, W) integer array, got {classes.dtype} {classes.shape}"
+        )
     ignored = classes == ignore_index if ignore_index is not None else np.zeros(classes.shape, bool)
     bad = ~ignored & ((classes < 0) | (classes >= num_classes))
     if bad.any():
@@ -130,7 +135,10 @@ def rasterize_lines(
     Lines with fewer than 2 points draw nothing.
     """
     canvas = np.zeros((height, width), dtype=np.uint8)
-    points = [np.round(np.asarray(line, dtype=np.float64)).astype(np.int32).reshape(-1, 1, 2) for line in lines]
+    points = [
+        np.round(np.asarray(line, dtype=np.float64)).astype(np.int32).reshape(-1, 1, 2)
+        for line in lines
+    ]
     points = [p for p in points if len(p) >= 2]
     if points:
         cv2.polylines(canvas, points, isClosed=False, color=1, thickness=thickness)
@@ -144,7 +152,8 @@ def available_annotators() -> list[str]:
     often fails to import on CPU machines); its weight-free detectors are listed only when
     it imports.
     """
-    names = ["canny", "content_shuffle", "landcover_onehot", "normalise_dem", "rasterize_lines", "sketch"]
+    names = ["canny", "content_shuffle", "landcover_onehot", "normalise_dem"]
+    names += ["rasterize_lines", "sketch"]
     try:
         import controlnet_aux
     except Exception:  # ImportError, or torchvision's own errors while importing
@@ -275,14 +284,20 @@ class ControlAdapter(ModelMixin, ConfigMixin):
         cls, unet_config, map_channels: dict[str, int], image_stride: int = 1, hidden: int = 32
     ) -> ControlAdapter:
         """An adapter whose residuals fit the given UNet2DConditionModel config."""
-        return cls(map_channels=map_channels, hidden=hidden, **unet_residual_spec(unet_config, image_stride))
+        return cls(
+            map_channels=map_channels,
+            hidden=hidden,
+            **unet_residual_spec(unet_config, image_stride),
+        )
 
     def _scale(self, value, batch: int, ref: torch.Tensor) -> torch.Tensor:
         scale = torch.as_tensor(value, dtype=ref.dtype, device=ref.device)
         if scale.ndim == 0:
             scale = scale.expand(batch)
         if scale.shape != (batch,):
-            raise ValueError(f"a scale must be a float or a ({batch},) tensor, got shape {tuple(scale.shape)}")
+            raise ValueError(
+                f"a scale must be a float or a ({batch},) tensor, got shape {tuple(scale.shape)}"
+            )
         return scale.view(batch, 1, 1, 1)
 
     def forward(
@@ -316,7 +331,9 @@ class ControlAdapter(ModelMixin, ConfigMixin):
                 )
             features = self.pyramids[name](x)
             scale = self._scale(scales.get(name, 1.0), batch, features[0])
-            for i, (level, conv) in enumerate(zip(self.residual_levels, self.down_convs[name], strict=True)):
+            for i, (level, conv) in enumerate(
+                zip(self.residual_levels, self.down_convs[name], strict=True)
+            ):
                 r = scale * conv(features[level])
                 down[i] = r if down[i] is None else down[i] + r
             r = scale * self.mid_convs[name](features[self.mid_level])

@@ -23,12 +23,18 @@ def _check_probability(name: str, value: float) -> float:
 
 
 class ConditionDropout:
-    def __init__(self, probabilities: Mapping[str, float], drop_all: float = 0.0, keep_all: float = 0.0):
-        self.probabilities = {name: _check_probability(name, p) for name, p in probabilities.items()}
+    def __init__(
+        self, probabilities: Mapping[str, float], drop_all: float = 0.0, keep_all: float = 0.0
+    ):
+        self.probabilities = {
+            name: _check_probability(name, p) for name, p in probabilities.items()
+        }
         self.drop_all = _check_probability("drop_all", drop_all)
         self.keep_all = _check_probability("keep_all", keep_all)
         if self.drop_all + self.keep_all > 1.0 + 1e-9:
-            raise ValueError(f"drop_all + keep_all must be <= 1, got {self.drop_all} + {self.keep_all}")
+            raise ValueError(
+                f"drop_all + keep_all must be <= 1, got {self.drop_all} + {self.keep_all}"
+            )
 
     @classmethod
     def from_config(cls, config: Mapping) -> ConditionDropout:

@@ -89,8 +89,13 @@ class LayoutEncoder(ModelMixin, ConfigMixin):
         keep = ~use_null[..., None]
         coords = torch.where(keep, corners.flatten(2).float(), 0.0)  # (B, N, 8)
         classes = torch.where(keep, class_embeddings.float(), 0.0)
-        tokens = self.mlp(torch.cat([fourier_features(coords, self.config.num_frequencies), classes], dim=-1))
-        return torch.where(use_null[..., None], self.null_token.to(tokens.dtype), tokens)
+        features = torch.cat(
+            [fourier_features(coords, self.config.num_frequencies), classes], dim=-1
+        )
+        tokens = self.mlp(
+            features.to(self.null_token.dtype)
+        )  # features in float32, then weights' dtype
+        return torch.where(use_null[..., None], self.null_token, tokens)
 
 
 def rasterize_quads(

@@ -117,11 +117,6 @@ class ScalarEmbedding(ModelMixin, ConfigMixin):
                 f"fields must be distinct names from {', '.join(SCALAR_FIELDS)}; got {fields}"
             )
         self.fields = fields
-        self.register_buffer(
-            "frequencies",
-            torch.stack([field_frequencies(f, num_frequencies) for f in fields]),  # (F, K)
-            persistent=False,
-        )
         self.mlps = nn.ModuleDict(
             {
                 f: nn.Sequential(
@@ -163,15 +158,20 @@ class ScalarEmbedding(ModelMixin, ConfigMixin):
         use_null = torch.isnan(values)
         if drop is not None:
             if drop.shape != values.shape:
-                raise ValueError(f"drop must have shape {tuple(values.shape)}, got {tuple(drop.shape)}")
+                raise ValueError(
+                    f"drop must have shape {tuple(values.shape)}, got {tuple(drop.shape)}"
+                )
             use_null = use_null | drop.to(device=values.device, dtype=torch.bool)
 
         # Put a harmless stand-in where the value is unknown: NaN would poison the gradient
         # through torch.where even though that branch is not selected.
         safe = torch.where(use_null, torch.ones_like(values), values)
-        out = torch.zeros(values.shape[0], self.null.shape[1], device=values.device, dtype=values.dtype)
+        dtype = self.null.dtype
+        out = torch.zeros(values.shape[0], self.null.shape[1], device=values.device, dtype=dtype)
         for i, name in enumerate(self.fields):  # loop over fields, vectorised over the batch
-            angle = normalise_field(name, safe[:, i])[:, None] * self.frequencies[i]  # (B, K)
-            embedded = self.mlps[name](torch.cat([torch.sin(angle), torch.cos(angle)], dim=-1))
-            out = out + torch.where(use_null[:, i, None], self.null[i], embedded)
+            # Features in float32 whatever the weights are: bf16 cannot even hold 2019 exactly.
+            freqs = field_frequencies(name, self.config.num_frequencies).to(values.device)
+            angle = normalise_field(name, safe[:, i])[:, None] * freqs  # (B, K)
+            features = torch.cat([torch.sin(angle), torch.cos(angle)], dim=-1).to(dtype)
+            out = out + torch.where(use_null[:, i, None], self.null[i], self.mlps[name](features))
         return out

@@ -76,13 +76,19 @@ class TextConditioner:
         if tokenizer.pad_token is None:  # GPT-like tokenizers have none; padding is masked anyway
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
         # Some tokenizers report a huge model_max_length; the position table is the real limit.
-        limits = [tokenizer.model_max_length, getattr(model.config, "max_position_embeddings", None)]
+        limits = [
+            tokenizer.model_max_length,
+            getattr(model.config, "max_position_embeddings", None),
+        ]
         self.max_length = int(min(x for x in limits if x is not None))
 
     # ------------------------------------------------------------------------- loading
     @classmethod
     def from_pretrained(
-        cls, path: str | os.PathLike | None = None, device: str | torch.device = "cpu", cache_size: int = 1024
+        cls,
+        path: str | os.PathLike | None = None,
+        device: str | torch.device = "cpu",
+        cache_size: int = 1024,
     ) -> TextConditioner:
         """Load from a local directory (never the hub).
 
@@ -96,7 +102,10 @@ class TextConditioner:
         if not os.path.isdir(directory):
             raise InputError(directory, "text encoder directory not found")
 
-        tok_dir, model_dir = os.path.join(directory, "tokenizer"), os.path.join(directory, "text_encoder")
+        tok_dir, model_dir = (
+            os.path.join(directory, "tokenizer"),
+            os.path.join(directory, "text_encoder"),
+        )
         is_diffusers = os.path.isdir(tok_dir) and os.path.isdir(model_dir)
         try:
             if is_diffusers:
@@ -105,7 +114,9 @@ class TextConditioner:
                 tok_dir = directory
                 tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
         except (OSError, ValueError) as err:
-            raise InputError(tok_dir, f"cannot load a tokenizer: {str(err).splitlines()[0]}") from err
+            raise InputError(
+                tok_dir, f"cannot load a tokenizer: {str(err).splitlines()[0]}"
+            ) from err
         check_tokenizer(tokenizer, tok_dir)
 
         try:
@@ -118,7 +129,9 @@ class TextConditioner:
                 model = AutoModel.from_pretrained(directory, local_files_only=True)
         except (OSError, ValueError) as err:
             where = model_dir if is_diffusers else directory
-            raise InputError(where, f"cannot load a text model: {str(err).splitlines()[0]}") from err
+            raise InputError(
+                where, f"cannot load a text model: {str(err).splitlines()[0]}"
+            ) from err
 
         # CLIP was trained with its end-of-text state as the sentence vector; BERT-like
         # sentence encoders (MiniLM) with the mean over real tokens.
@@ -163,6 +176,8 @@ class TextConditioner:
 
     def encode(self, prompts: list[str], max_length: int | None = None) -> TextEmbeddings:
         """Encode a batch of prompts.
+
+        `pooled` is not L2-normalised (sentence-transformers would normalise MiniLM's).
 
         max_length None: pad to the longest prompt of the batch, with zeros at padded
         positions. max_length N: pad or truncate every prompt to exactly N tokens, each

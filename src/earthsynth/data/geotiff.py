@@ -82,9 +82,11 @@ def read_geotiff(path: str | os.PathLike, window: tuple[int, int, int, int] | No
     if not path.exists():
         raise InputError(path, "file not found")
     try:
-        with warnings.catch_warnings(), rasterio.open(path) as src:
+        with warnings.catch_warnings():
             # a plain PNG has no georeferencing: that is reported as crs None, not warned
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            src = rasterio.open(path)
+        with src:
             win = None if window is None else Window(window[0], window[1], window[2] - window[0], window[3] - window[1])
             data = src.read(window=win)
             transform = src.window_transform(win) if win is not None else src.transform

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import csv
+import warnings
 from collections import Counter
 
 import rasterio
+from rasterio.errors import NotGeoreferencedWarning
 
 from earthsynth.data.sources import all_sources, earthlib_library_path
 from earthsynth.data.tiles import RealTiles
 
 
 def _raster_header(path) -> tuple[int, int, int, str]:
-    with rasterio.open(path) as src:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        src = rasterio.open(path)
+    with src:
         return src.width, src.height, src.count, src.dtypes[0]
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from diffusers.optimization import get_scheduler
 from torch import nn
@@ -109,6 +110,8 @@ def train(config: RunConfig, command: str = "", show_progress: bool = True) -> d
     family = get_family(config.family)
     tc = config.train
     output_dir = Path(config.output_dir)
+    # a second train() in the same process (tests, notebooks) may ask for other precision
+    AcceleratorState._reset_state()
     accelerator = Accelerator(
         mixed_precision=tc.mixed_precision,
         gradient_accumulation_steps=tc.gradient_accumulation_steps,
