@@ -1,7 +1,15 @@
 import numpy as np
 import pytest
 
-from earthsynth.boxes import Boxes, HBox, RBox, corners_to_rbox, normalize_angle, rbox_to_corners, xyxy_to_rbox
+from earthsynth.boxes import (
+    Boxes,
+    HBox,
+    RBox,
+    corners_to_rbox,
+    normalize_angle,
+    rbox_to_corners,
+    xyxy_to_rbox,
+)
 from earthsynth.errors import InputError
 
 
@@ -69,7 +77,7 @@ def test_validate_names_source_and_problem():
     with pytest.raises(InputError) as err:
         boxes.validate(100, 100, source="scene.xml")
     message = str(err.value)
-    assert message.startswith("scene.xml: box 1 (b)") and "outside" in message and "\n" not in message
+    assert message.startswith("scene.xml: box 1 (b): box at") and "outside" in message and "\n" not in message
     with pytest.raises(InputError, match="zero or negative size"):
         Boxes.from_xyxy([[5, 5, 5, 20]], ["a"]).validate(100, 100, source="x")
     Boxes.from_xyxy([[0, 0, 100.5, 100]], ["a"]).validate(100, 100, source="x")  # within tolerance

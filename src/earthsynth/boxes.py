@@ -13,8 +13,9 @@ Conventions, used everywhere in earthsynth:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -160,15 +161,15 @@ class Boxes:
 
     # constructors
     @classmethod
-    def from_xyxy(cls, xyxy, labels: Sequence[str], difficult=None) -> "Boxes":
+    def from_xyxy(cls, xyxy, labels: Sequence[str], difficult=None) -> Boxes:
         return cls(xyxy_to_rbox(xyxy), list(labels), rotated=False, difficult=difficult)
 
     @classmethod
-    def from_corners(cls, corners, labels: Sequence[str], difficult=None) -> "Boxes":
+    def from_corners(cls, corners, labels: Sequence[str], difficult=None) -> Boxes:
         return cls(corners_to_rbox(corners), list(labels), rotated=True, difficult=difficult)
 
     @classmethod
-    def from_list(cls, items: Sequence[HBox | RBox]) -> "Boxes":
+    def from_list(cls, items: Sequence[HBox | RBox]) -> Boxes:
         """From a list of HBox / RBox (mixed lists are rotated boxes)."""
         rows, labels, rotated = [], [], False
         for item in items:
@@ -206,24 +207,24 @@ class Boxes:
             return [RBox(*map(float, row), label) for row, label in zip(self.rboxes, self.labels)]
         return [HBox(*map(float, row), label) for row, label in zip(self.xyxy(), self.labels)]
 
-    def select(self, keep) -> "Boxes":
+    def select(self, keep) -> Boxes:
         keep = np.asarray(keep)
         return Boxes(self.rboxes[keep], [self.labels[i] for i in np.arange(len(self))[keep]],
                      self.rotated, self.difficult[keep])
 
-    def concat(self, other: "Boxes") -> "Boxes":
+    def concat(self, other: Boxes) -> Boxes:
         return Boxes(np.concatenate([self.rboxes, other.rboxes]), self.labels + other.labels,
                      self.rotated or other.rotated,
                      np.concatenate([self.difficult, other.difficult]))
 
     # geometry
-    def translate(self, dx: float, dy: float) -> "Boxes":
+    def translate(self, dx: float, dy: float) -> Boxes:
         rboxes = self.rboxes.copy()
         rboxes[:, 0] += dx
         rboxes[:, 1] += dy
         return Boxes(rboxes, list(self.labels), self.rotated, self.difficult.copy())
 
-    def scale(self, sx: float, sy: float | None = None) -> "Boxes":
+    def scale(self, sx: float, sy: float | None = None) -> Boxes:
         """Resize with the image. Anisotropic scaling of a rotated box is done on its corners."""
         sy = sx if sy is None else sy
         if sx == sy or not self.rotated:
@@ -234,19 +235,19 @@ class Boxes:
         corners = self.corners() * np.array([sx, sy])
         return Boxes(corners_to_rbox(corners), list(self.labels), True, self.difficult.copy())
 
-    def hflip(self, width: float) -> "Boxes":
+    def hflip(self, width: float) -> Boxes:
         rboxes = self.rboxes.copy()
         rboxes[:, 0] = width - rboxes[:, 0]
         rboxes[:, 4] = normalize_angle(-rboxes[:, 4])
         return Boxes(rboxes, list(self.labels), self.rotated, self.difficult.copy())
 
-    def vflip(self, height: float) -> "Boxes":
+    def vflip(self, height: float) -> Boxes:
         rboxes = self.rboxes.copy()
         rboxes[:, 1] = height - rboxes[:, 1]
         rboxes[:, 4] = normalize_angle(-rboxes[:, 4])
         return Boxes(rboxes, list(self.labels), self.rotated, self.difficult.copy())
 
-    def clip(self, x0: float, y0: float, x1: float, y1: float, min_visible: float = 0.5) -> tuple["Boxes", np.ndarray]:
+    def clip(self, x0: float, y0: float, x1: float, y1: float, min_visible: float = 0.5) -> tuple[Boxes, np.ndarray]:
         """Cut the boxes to the window [x0, x1] x [y0, y1] and move them into its coordinates.
 
         A box cut by the window edge is clipped; it is kept only if at least `min_visible`
@@ -294,18 +295,35 @@ class Boxes:
             mask[(np.abs(u) <= w / 2) & (np.abs(v) <= h / 2)] = 1
         return out
 
-    def validate(self, width: int, height: int, source: str | None = None, tolerance: float = 1.0) -> None:
-        """Raise an InputError naming `source` for degenerate boxes or boxes outside the image.
+    def validate(self, width: float | None = None, height: float | None = None, source=None,
+                 where: Sequence[str] | None = None, tolerance: float = 1.0) -> tuple[Boxes, int]:
+        """Check every box; raise an InputError naming `source` (the file) and `where[i]` (the
+        place in it, e.g. "line 7" or "object 3") for a degenerate box or one outside the image.
 
-        `tolerance` pixels of slack: annotators often put a corner on the last pixel + 1.
+        Without an image size only size and finiteness are checked. A horizontal box that
+        overruns the image by at most `tolerance` pixels is clipped to it (annotators often
+        put the far edge on pixel W instead of W - 1); a rotated box keeps its shape.
+        Returns the (possibly clipped) boxes and how many were clipped.
         """
-        for i, (box, xyxy) in enumerate(zip(self.rboxes, self.xyxy())):
+        where = where if where is not None else [f"box {i}" for i in range(len(self))]
+        rboxes = self.rboxes.copy()
+        clipped = 0
+        for i, (box, (x0, y0, x1, y1)) in enumerate(zip(rboxes, self.xyxy())):
+            place = f"{where[i]} ({self.labels[i]})"
             if not np.all(np.isfinite(box)):
-                raise InputError(source, f"box {i} ({self.labels[i]}) has a non-finite coordinate")
+                raise InputError(source, f"{place}: box has a non-finite coordinate")
             if box[2] <= 0 or box[3] <= 0:
-                raise InputError(source, f"box {i} ({self.labels[i]}) has zero or negative size")
-            x0, y0, x1, y1 = xyxy
+                raise InputError(source, f"{place}: box has zero or negative size")
+            if width is None or height is None:
+                continue
+            at = f"[{x0:.1f}, {y0:.1f}, {x1:.1f}, {y1:.1f}]"
             if x1 <= 0 or y1 <= 0 or x0 >= width or y0 >= height:
-                raise InputError(source, f"box {i} ({self.labels[i]}) at {np.round(xyxy, 1).tolist()} lies outside the {width}x{height} image")
+                raise InputError(source, f"{place}: box at {at} lies outside the {width}x{height} image")
             if x0 < -tolerance or y0 < -tolerance or x1 > width + tolerance or y1 > height + tolerance:
-                raise InputError(source, f"box {i} ({self.labels[i]}) at {np.round(xyxy, 1).tolist()} extends outside the {width}x{height} image")
+                raise InputError(source, f"{place}: box at {at} extends outside the {width}x{height} image")
+            overruns = x0 < 0 or y0 < 0 or x1 > width or y1 > height
+            if overruns and box[4] == 0 and not self.rotated:
+                cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
+                rboxes[i] = [(cx0 + cx1) / 2, (cy0 + cy1) / 2, cx1 - cx0, cy1 - cy0, 0.0]
+                clipped += 1
+        return Boxes(rboxes, list(self.labels), self.rotated, self.difficult.copy()), clipped

@@ -4,8 +4,9 @@ one line in FAMILIES; the CLI, the trainer and the app read this registry."""
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from earthsynth.errors import InputError
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from earthsynth.boxes import Boxes, normalize_angle
-from earthsynth.data.common import atomic_write, check_boxes, check_label, fmt
+from earthsynth.data.common import atomic_write, check_label, format_number
 from earthsynth.errors import InputError
 
 
@@ -50,7 +50,7 @@ def read_voc(xml_path: str | os.PathLike, class_names: Sequence[str] | None = No
 
     rows, labels, difficult, where = [], [], [], []
     rotated = False
-    for i, obj in enumerate(root.iter("object"), start=1):
+    for i, obj in enumerate(root.findall("object"), start=1):
         place = f"object {i}"
         name = (obj.findtext("name") or "").strip()
         if not name:
@@ -75,8 +75,8 @@ def read_voc(xml_path: str | os.PathLike, class_names: Sequence[str] | None = No
         where.append(place)
 
     boxes = Boxes(np.array(rows).reshape(-1, 5), labels, rotated=rotated, difficult=np.array(difficult, dtype=bool))
-    boxes, clipped = check_boxes(boxes, xml_path, where, width, height, tolerance)
-    info = {"filename": root.findtext("filename"), "width": width, "height": height,
+    boxes, clipped = boxes.validate(width, height, source=xml_path, where=where, tolerance=tolerance)
+    info = {"filename": (root.findtext("filename") or "").strip() or None, "width": width, "height": height,
             "depth": depth, "clipped": clipped}
     return boxes, info
 
@@ -92,7 +92,7 @@ def write_voc(path: str | os.PathLike, filename: str, width: int, height: int, b
     ET.SubElement(size, "height").text = str(int(height))
     ET.SubElement(size, "depth").text = str(int(depth))
     ET.SubElement(root, "segmented").text = "0"
-    for box, xyxy, label, difficult in zip(boxes.rboxes, boxes.xyxy(), boxes.labels, boxes.difficult):
+    for box, xyxy, label, difficult in zip(boxes.rboxes, boxes.xyxy(), boxes.labels, boxes.difficult, strict=True):
         obj = ET.SubElement(root, "object")
         ET.SubElement(obj, "type").text = "robndbox" if boxes.rotated else "bndbox"
         ET.SubElement(obj, "name").text = label
@@ -100,14 +100,14 @@ def write_voc(path: str | os.PathLike, filename: str, width: int, height: int, b
         ET.SubElement(obj, "truncated").text = "0"
         ET.SubElement(obj, "difficult").text = "1" if difficult else "0"
         bndbox = ET.SubElement(obj, "bndbox")
-        for key, value in zip(("xmin", "ymin", "xmax", "ymax"), xyxy):
-            ET.SubElement(bndbox, key).text = fmt(value)
+        for key, value in zip(("xmin", "ymin", "xmax", "ymax"), xyxy, strict=True):
+            ET.SubElement(bndbox, key).text = format_number(value)
         if boxes.rotated:
             robndbox = ET.SubElement(obj, "robndbox")
             angle = np.deg2rad(box[4]) % np.pi
-            for key, value in zip(("cx", "cy", "w", "h"), box[:4]):
-                ET.SubElement(robndbox, key).text = fmt(value)
-            ET.SubElement(robndbox, "angle").text = fmt(angle, 8)
+            for key, value in zip(("cx", "cy", "w", "h"), box[:4], strict=True):
+                ET.SubElement(robndbox, key).text = format_number(value)
+            ET.SubElement(robndbox, "angle").text = format_number(angle, 8)
     ET.indent(root)
     with atomic_write(path, "wb") as f:
         ET.ElementTree(root).write(f, encoding="utf-8", xml_declaration=False)

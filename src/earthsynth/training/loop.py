@@ -214,8 +214,8 @@ def train(config: RunConfig, command: str = "", show_progress: bool = True) -> d
                 prune_checkpoints(output_dir / "checkpoints", tc.keep_checkpoints)
 
         if family.preview is not None and accelerator.is_main_process and tc.preview_every and step % tc.preview_every == 0:
-            _with_ema(ema, unwrapped, lambda: save_preview(family, unwrapped.components(), config,
-                                                           output_dir / "previews" / f"step-{step:06d}.png"))
+            preview_path = output_dir / "previews" / f"step-{step:06d}.png"
+            _with_ema(ema, unwrapped, lambda path=preview_path: save_preview(family, unwrapped.components(), config, path))
     progress.close()
 
     final_dir = output_dir / "final"

@@ -1,0 +1,248 @@
+"""Detection annotations on disk: the per-format readers and writers in one place, deepforest's
+CSV, and `read_dataset`, which walks the usual folder layouts of each format.
+
+Per image, every format reads to and writes from a `Boxes` (see earthsynth.boxes):
+
+    VOC XML     read_voc / write_voc          earthsynth.data.voc
+    COCO JSON   read_coco / write_coco        earthsynth.data.coco
+    DOTA txt    read_dota / write_dota        earthsynth.data.dota
+    YOLO txt    read_yolo / write_yolo        earthsynth.data.yolo   (obb=True for YOLO-OBB)
+    CSV         read_box_csv / write_box_csv  here (deepforest: image_path,xmin,ymin,xmax,ymax,label)
+
+Bad input raises `InputError` naming the file (and line, object or annotation); writers
+replace their file atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from earthsynth.boxes import Boxes
+from earthsynth.data.coco import read_coco, write_coco
+from earthsynth.data.common import (
+    IMAGE_EXTENSIONS,
+    atomic_write,
+    check_label,
+    find_image,
+    format_number,
+    image_size,
+)
+from earthsynth.data.dota import read_dota, write_dota
+from earthsynth.data.voc import read_voc, write_voc
+from earthsynth.data.yolo import read_yolo, read_yolo_class_names, write_yolo, write_yolo_data_yaml
+from earthsynth.errors import InputError
+
+__all__ = [
+    "FORMATS", "read_box_csv", "write_box_csv", "read_dataset",
+    "read_voc", "write_voc", "read_coco", "write_coco", "read_dota", "write_dota",
+    "read_yolo", "write_yolo", "write_yolo_data_yaml", "read_yolo_class_names",
+]
+
+FORMATS = ("voc", "coco", "dota", "yolo", "yolo-obb", "csv")
+CSV_COLUMNS = ("image_path", "xmin", "ymin", "xmax", "ymax", "label")
+
+
+# ----------------------------------------------------------------------------- deepforest CSV
+def read_box_csv(csv_path: str | os.PathLike, class_names: Sequence[str] | None = None,
+                 image_dir: str | os.PathLike | None = None, tolerance: float = 1.0) -> dict[str, Boxes]:
+    """A deepforest CSV -> {image file name: boxes}, images in order of first appearance.
+
+    The CSV holds no image sizes: boxes are checked against an image when it is found in
+    `image_dir` (default: the CSV's folder), else only for size. A row whose four
+    coordinates are all 0 is deepforest's mark for an image without objects.
+    """
+    csv_path = Path(csv_path)
+    image_dir = csv_path.parent if image_dir is None else Path(image_dir)
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise InputError(csv_path, f"cannot read: {err}") from None
+    if not rows:
+        raise InputError(csv_path, "empty file, expected a header " + ",".join(CSV_COLUMNS))
+    header = [h.strip() for h in rows[0]]
+    missing = [c for c in CSV_COLUMNS if c not in header]
+    if missing:
+        raise InputError(csv_path, f"line 1: missing column(s) {', '.join(missing)}")
+    column = {name: header.index(name) for name in CSV_COLUMNS}
+
+    per_image: dict[str, list] = {}  # image name -> [(xyxy, label, where)]
+    for number, row in enumerate(rows[1:], start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) != len(header):
+            raise InputError(csv_path, f"line {number}: expected {len(header)} values, got {len(row)}")
+        image = row[column["image_path"]].strip()
+        label = row[column["label"]].strip()
+        try:
+            xyxy = [float(row[column[k]]) for k in ("xmin", "ymin", "xmax", "ymax")]
+        except ValueError:
+            raise InputError(csv_path, f"line {number}: xmin, ymin, xmax, ymax must be numbers") from None
+        items = per_image.setdefault(image, [])
+        if xyxy == [0.0, 0.0, 0.0, 0.0]:
+            continue  # an image with no objects
+        check_label(label, class_names, csv_path, f"line {number}")
+        items.append((xyxy, label, f"line {number}"))
+
+    result = {}
+    for image, items in per_image.items():
+        boxes = Boxes.from_xyxy(np.array([it[0] for it in items]).reshape(-1, 4), [it[1] for it in items])
+        width = height = None
+        if (image_dir / image).is_file():
+            width, height = image_size(image_dir / image)
+        result[image], _ = boxes.validate(width, height, source=csv_path, where=[it[2] for it in items], tolerance=tolerance)
+    return result
+
+
+def write_box_csv(path: str | os.PathLike, boxes_per_image: dict[str, Boxes]) -> Path:
+    """Write {image file name: boxes} as a deepforest CSV (enclosing boxes of rotated ones)."""
+    lines = [",".join(CSV_COLUMNS)]
+    for image, boxes in boxes_per_image.items():
+        for xyxy, label in zip(boxes.xyxy(), boxes.labels, strict=True):
+            if "," in image or "," in label or '"' in label:
+                raise InputError(path, f"image {image!r} / label {label!r}: commas and quotes are not written to box CSVs")
+            lines.append(",".join([image, *(format_number(v) for v in xyxy), label]))
+    with atomic_write(path, newline="") as f:
+        f.write("\n".join(lines) + "\n")
+    return Path(path)
+
+
+# ----------------------------------------------------------------------------- datasets
+def read_dataset(root: str | os.PathLike, fmt: str, class_names: Sequence[str] | None = None,
+                 tolerance: float = 1.0) -> list[dict]:
+    """Read a whole annotated dataset -> one record per image, sorted by image path.
+
+    A record: {"image_path", "width", "height", "boxes", "image_id" (file stem), "annotation_path"}
+    plus "gsd" and "image_source" for DOTA. Layouts (images found by name, any of
+    .png .jpg .jpeg .tif .tiff .bmp .webp):
+
+    voc       root/Annotations/*.xml with images in root/JPEGImages/, or *.xml next to
+              their images in root. The XML's <filename> names the image (else its stem).
+    coco      root is the .json file, or a folder holding exactly one .json (in root or
+              root/annotations/); `file_name`s are relative to images/ beside the json
+              (or beside its annotations/ folder) if that exists, else to the json's folder.
+    dota      root/labelTxt/*.txt with images root/images/<stem>.*; sizes read from the images.
+    yolo      root/images/**/<name>.* with labels root/labels/**/<name>.txt (same sub-path;
+    yolo-obb  an image without a label file has no objects); class names from
+              root/data.yaml unless `class_names` is given.
+    csv       root is a deepforest CSV (or a folder with exactly one); images next to it.
+
+    Image sizes stated by an annotation (VOC, COCO) are checked against the image header.
+    """
+    root = Path(root)
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown annotation format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if not root.exists():
+        raise InputError(root, "no such file or folder")
+    if fmt == "voc":
+        records = _read_voc_dataset(root, class_names, tolerance)
+    elif fmt == "coco":
+        records = _read_coco_dataset(root, class_names, tolerance)
+    elif fmt == "dota":
+        records = _read_dota_dataset(root, class_names, tolerance)
+    elif fmt == "csv":
+        records = _read_csv_dataset(root, class_names, tolerance)
+    else:
+        records = _read_yolo_dataset(root, class_names, tolerance, obb=fmt == "yolo-obb")
+    return sorted(records, key=lambda r: r["image_path"])
+
+
+def _record(image_path: Path, width: int, height: int, boxes: Boxes, annotation_path, **extra) -> dict:
+    return {"image_path": str(image_path), "width": width, "height": height, "boxes": boxes,
+            "image_id": image_path.stem, "annotation_path": str(annotation_path), **extra}
+
+
+def _check_size(annotation_path, image_path: Path, width: int, height: int) -> None:
+    actual = image_size(image_path)
+    if actual != (width, height):
+        raise InputError(annotation_path, f"says {image_path.name} is {width}x{height} but the image is {actual[0]}x{actual[1]}")
+
+
+def _read_voc_dataset(root: Path, class_names, tolerance) -> list[dict]:
+    if (root / "Annotations").is_dir():
+        xml_dir, image_dir = root / "Annotations", root / "JPEGImages"
+    else:
+        xml_dir = image_dir = root
+    records = []
+    for xml_path in sorted(xml_dir.glob("*.xml")):
+        boxes, info = read_voc(xml_path, class_names, tolerance)
+        image_path = find_image(image_dir, info["filename"], xml_path.stem)
+        if image_path is None:
+            raise InputError(xml_path, f"image {info['filename'] or xml_path.stem} not found in {image_dir}")
+        _check_size(xml_path, image_path, info["width"], info["height"])
+        records.append(_record(image_path, info["width"], info["height"], boxes, xml_path))
+    return records
+
+
+def _single_file(folders: Sequence[Path], pattern: str, what: str) -> Path:
+    found = sorted(p for folder in folders if folder.is_dir() for p in folder.glob(pattern))
+    if len(found) != 1:
+        raise InputError(folders[0], f"expected exactly one {what} here, found {len(found)}: {[p.name for p in found]}")
+    return found[0]
+
+
+def _read_coco_dataset(root: Path, class_names, tolerance) -> list[dict]:
+    json_path = root if root.is_file() else _single_file([root, root / "annotations"], "*.json", "COCO .json file")
+    base = json_path.parent.parent if json_path.parent.name == "annotations" else json_path.parent
+    image_dir = base / "images" if (base / "images").is_dir() else json_path.parent
+    records = []
+    for image, boxes in read_coco(json_path, class_names, tolerance)[0]:
+        image_path = image_dir / image["file_name"]
+        if not image_path.is_file():
+            raise InputError(json_path, f"image {image['file_name']} not found in {image_dir}")
+        _check_size(json_path, image_path, image["width"], image["height"])
+        records.append(_record(image_path, image["width"], image["height"], boxes, json_path, coco_id=image["id"]))
+    return records
+
+
+def _read_dota_dataset(root: Path, class_names, tolerance) -> list[dict]:
+    label_dir, image_dir = root / "labelTxt", root / "images"
+    if not label_dir.is_dir():
+        raise InputError(root, "no labelTxt/ folder (DOTA layout: labelTxt/*.txt + images/)")
+    records = []
+    for txt_path in sorted(label_dir.glob("*.txt")):
+        image_path = find_image(image_dir, None, txt_path.stem)
+        if image_path is None:
+            raise InputError(txt_path, f"no image {txt_path.stem}.* in {image_dir}")
+        width, height = image_size(image_path)
+        boxes, meta = read_dota(txt_path, width, height, class_names, tolerance)
+        records.append(_record(image_path, width, height, boxes, txt_path,
+                               gsd=meta["gsd"], image_source=meta["image_source"]))
+    return records
+
+
+def _read_yolo_dataset(root: Path, class_names, tolerance, obb: bool) -> list[dict]:
+    image_dir, label_dir = root / "images", root / "labels"
+    if not image_dir.is_dir():
+        raise InputError(root, "no images/ folder (YOLO layout: images/ + labels/ + data.yaml)")
+    if class_names is None:
+        if not (root / "data.yaml").is_file():
+            raise InputError(root, "no data.yaml with the class names (or pass class_names)")
+        class_names = read_yolo_class_names(root / "data.yaml")
+    records = []
+    for image_path in sorted(p for p in image_dir.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS):
+        width, height = image_size(image_path)
+        txt_path = (label_dir / image_path.relative_to(image_dir)).with_suffix(".txt")
+        if txt_path.is_file():
+            boxes = read_yolo(txt_path, width, height, class_names, obb=obb, tolerance=tolerance)
+        else:
+            boxes = Boxes(rotated=obb)
+        records.append(_record(image_path, width, height, boxes, txt_path))
+    return records
+
+
+def _read_csv_dataset(root: Path, class_names, tolerance) -> list[dict]:
+    csv_path = root if root.is_file() else _single_file([root], "*.csv", "box .csv file")
+    records = []
+    for name, boxes in read_box_csv(csv_path, class_names, tolerance=tolerance).items():
+        image_path = csv_path.parent / name
+        if not image_path.is_file():
+            raise InputError(csv_path, f"image {name} not found in {csv_path.parent}")
+        width, height = image_size(image_path)
+        records.append(_record(image_path, width, height, boxes, csv_path))
+    return records

@@ -1,0 +1,425 @@
+"""Hyperspectral cubes from ENVI, MATLAB .mat, .npy and multi-band GeoTIFF files.
+
+Every reader returns a `Cube`: float32 data (bands, H, W) with values as stored (no
+reflectance scale factor applied; it is kept in the metadata), wavelengths in micrometres
+when the file says them. Every reader refuses NaN / inf values (an InputError naming the
+band and the count) unless `allow_nan=True`, and checks `expected_bands` when given.
+
+ENVI spectral libraries (`file type = ENVI Spectral Library`: one spectrum per line, the
+bands along the samples) are not cubes; `read_spectral_library` reads them.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from earthsynth.data.common import atomic_write, format_number, one_line
+from earthsynth.errors import InputError
+
+# ENVI "data type" codes -> numpy type (byte order added from the header)
+ENVI_DTYPES = {1: "u1", 2: "i2", 3: "i4", 4: "f4", 5: "f8", 12: "u2", 13: "u4", 14: "i8", 15: "u8"}
+ENVI_DATA_EXTENSIONS = ("", ".img", ".dat", ".sli", ".raw", ".bsq", ".bil", ".bip")
+
+
+@dataclass
+class Cube:
+    """A hyperspectral cube: data (bands, H, W) float32, wavelengths (bands,) in micrometres."""
+
+    data: np.ndarray
+    wavelengths: np.ndarray | None = None
+    band_names: list[str] | None = None
+    path: str | None = None
+    metadata: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.data = np.asarray(self.data, dtype=np.float32)
+        if self.data.ndim != 3:
+            raise ValueError(f"cube data must be (bands, H, W), got shape {self.data.shape}")
+        if self.wavelengths is not None:
+            self.wavelengths = np.asarray(self.wavelengths, dtype=np.float64).reshape(-1)
+            if len(self.wavelengths) != self.bands:
+                raise ValueError(f"{len(self.wavelengths)} wavelengths for {self.bands} bands")
+        if self.band_names is not None and len(self.band_names) != self.bands:
+            raise ValueError(f"{len(self.band_names)} band names for {self.bands} bands")
+
+    @property
+    def bands(self) -> int:
+        return self.data.shape[0]
+
+    @property
+    def height(self) -> int:
+        return self.data.shape[1]
+
+    @property
+    def width(self) -> int:
+        return self.data.shape[2]
+
+
+# ----------------------------------------------------------------------------- dispatch
+def read_cube(path: str | os.PathLike, **kw) -> Cube:
+    """Read a cube by file extension; `kw` go to the reader (allow_nan, expected_bands, key, layout...).
+
+    .hdr .img .dat .raw .bsq .bil .bip (or any file with an ENVI header beside it) -> read_envi,
+    .mat -> read_mat, .npy -> read_npy, .tif .tiff -> read_tiff_cube.
+    """
+    path = Path(path)
+    ext = path.suffix.lower()
+    if ext == ".sli":
+        raise InputError(path, "is an ENVI spectral library, not a cube; use read_spectral_library")
+    if ext == ".mat":
+        return read_mat(path, **kw)
+    if ext == ".npy":
+        return read_npy(path, **kw)
+    if ext in (".tif", ".tiff"):
+        return read_tiff_cube(path, **kw)
+    if ext in ENVI_DATA_EXTENSIONS or ext == ".hdr" or _find_envi_header(path) is not None:
+        return read_envi(path, **kw)
+    raise InputError(path, f"unknown cube format {ext!r} (ENVI, .mat, .npy or .tif expected)")
+
+
+def check_cube(cube: Cube, allow_nan: bool = False, expected_bands: int | None = None) -> Cube:
+    """Raise an InputError naming the file for NaN / inf values or a wrong band count."""
+    if expected_bands is not None and cube.bands != expected_bands:
+        raise InputError(cube.path, f"has {cube.bands} bands, expected {expected_bands}")
+    if not allow_nan:
+        bad = (~np.isfinite(cube.data)).reshape(cube.bands, -1).sum(axis=1)
+        if bad.any():
+            first = int(np.flatnonzero(bad)[0])
+            others = int((bad > 0).sum()) - 1
+            more = f" (and {others} other band{'s' if others > 1 else ''})" if others else ""
+            raise InputError(cube.path, f"band {first} has {bad[first]} NaN/inf values of {cube.height * cube.width}{more}; pass allow_nan=True to keep them")
+    return cube
+
+
+# ----------------------------------------------------------------------------- ENVI
+def parse_envi_header(hdr_path: str | os.PathLike) -> dict[str, str | list[str]]:
+    """An ENVI .hdr -> {lower-case key: text, or list of texts for a `{a, b, c}` value}."""
+    try:
+        text = Path(hdr_path).read_text(encoding="utf-8-sig", errors="replace")
+    except OSError as err:
+        raise InputError(hdr_path, f"cannot read: {err.strerror}") from None
+    lines = text.splitlines()
+    if not lines or lines[0].strip() != "ENVI":
+        raise InputError(hdr_path, "not an ENVI header (the first line is not 'ENVI')")
+    header: dict[str, str | list[str]] = {}
+    i = 1
+    while i < len(lines):
+        line = lines[i]
+        i += 1
+        if "=" not in line:
+            continue  # blank lines and ';' comments
+        key, value = (part.strip() for part in line.split("=", 1))
+        if value.startswith("{"):
+            # a braced value may run over several lines
+            while "}" not in value and i < len(lines):
+                value += " " + lines[i].strip()
+                i += 1
+            if "}" not in value:
+                raise InputError(hdr_path, f"value of '{key}' has no closing brace")
+            inner = value[1:value.index("}")]
+            header[" ".join(key.lower().split())] = [item.strip() for item in inner.split(",")] if inner.strip() else []
+        else:
+            header[" ".join(key.lower().split())] = value
+    return header
+
+
+def read_envi(path: str | os.PathLike, allow_nan: bool = False, expected_bands: int | None = None) -> Cube:
+    """An ENVI image (give the .hdr or the data file) -> Cube.
+
+    The data file is the header's name without `.hdr` (as `x.img.hdr` -> `x.img`), or with
+    .img .dat .sli .raw .bsq .bil .bip instead. Interleave bsq / bil / bip, data types 1 2 3 4 5 12
+    (and 13 14 15), either byte order, a header offset. Wavelengths in nm are converted to
+    micrometres; without `wavelength units` values above 100 are taken as nm.
+    """
+    hdr_path, data_path = _envi_paths(Path(path))
+    header = parse_envi_header(hdr_path)
+    if "spectral library" in str(header.get("file type", "")).lower():
+        raise InputError(hdr_path, "is an ENVI spectral library, not a cube; use read_spectral_library")
+    data = _read_envi_data(hdr_path, data_path, header)
+    bands = data.shape[0]
+    names = header.get("band names")
+    if names is not None and (not isinstance(names, list) or len(names) != bands):
+        raise InputError(hdr_path, f"'band names' lists {len(names) if isinstance(names, list) else 1} names for {bands} bands")
+    cube = Cube(data, _envi_wavelengths(hdr_path, header, bands), band_names=names,
+                path=str(data_path), metadata={"envi": header, "header_path": str(hdr_path)})
+    return check_cube(cube, allow_nan, expected_bands)
+
+
+def read_spectral_library(path: str | os.PathLike, allow_nan: bool = False) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+    """An ENVI spectral library (.hdr or .sli) -> (spectra (N, bands) float32, wavelengths in um or None, names).
+
+    A library stores N spectra as `lines` and the bands as `samples` (with `bands = 1`).
+    Names are `spectra names`, or spectrum_0, spectrum_1, ... when the header has none.
+    """
+    hdr_path, data_path = _envi_paths(Path(path))
+    header = parse_envi_header(hdr_path)
+    if "spectral library" not in str(header.get("file type", "")).lower():
+        raise InputError(hdr_path, f"file type is {header.get('file type')!r}, not 'ENVI Spectral Library'")
+    data = _read_envi_data(hdr_path, data_path, header)
+    if data.shape[0] != 1:
+        raise InputError(hdr_path, f"a spectral library has bands = 1, this header says {data.shape[0]}")
+    spectra = data[0]  # (lines = N spectra, samples = bands)
+    n, bands = spectra.shape
+    names = header.get("spectra names")
+    if names is None:
+        names = [f"spectrum_{i}" for i in range(n)]
+    elif not isinstance(names, list) or len(names) != n:
+        raise InputError(hdr_path, f"'spectra names' lists {len(names) if isinstance(names, list) else 1} names for {n} spectra")
+    if not allow_nan and not np.all(np.isfinite(spectra)):
+        bad = np.flatnonzero(~np.all(np.isfinite(spectra), axis=1))
+        raise InputError(data_path, f"{len(bad)} spectra hold NaN/inf values, the first is {names[bad[0]]!r} (row {bad[0]}); pass allow_nan=True to keep them")
+    return spectra, _envi_wavelengths(hdr_path, header, bands), list(names)
+
+
+def write_envi(path: str | os.PathLike, cube: Cube, description: str = "written by earthsynth") -> Path:
+    """Write a cube as ENVI float32 bsq, little-endian. Returns the header path.
+
+    `path` is the .hdr (data goes to the same name with .img) or the data file (the header
+    goes beside it with .hdr replacing the extension). Both files are replaced atomically.
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".hdr":
+        hdr_path, data_path = path, path.with_suffix(".img")
+    else:
+        hdr_path, data_path = path.with_suffix(".hdr"), path
+    if hdr_path == data_path:
+        raise ValueError(f"{path}: the data file needs an extension other than .hdr")
+    lines = [
+        "ENVI",
+        f"description = {{{description}}}",
+        f"samples = {cube.width}",
+        f"lines = {cube.height}",
+        f"bands = {cube.bands}",
+        "header offset = 0",
+        "file type = ENVI Standard",
+        "data type = 4",
+        "interleave = bsq",
+        "byte order = 0",
+    ]
+    if cube.wavelengths is not None:
+        lines.append("wavelength units = Micrometers")
+        lines.append("wavelength = {" + ", ".join(format_number(w, 9) for w in cube.wavelengths) + "}")
+    if cube.band_names is not None:
+        for name in cube.band_names:
+            if "," in name or "{" in name or "}" in name:
+                raise InputError(hdr_path, f"band name {name!r} holds a comma or brace, which an ENVI header cannot")
+        lines.append("band names = {" + ", ".join(cube.band_names) + "}")
+    # one `with` for both files: either both are replaced or neither
+    with atomic_write(data_path, "wb") as f_data, atomic_write(hdr_path) as f_hdr:
+        f_data.write(np.ascontiguousarray(cube.data, dtype="<f4").tobytes())
+        f_hdr.write("\n".join(lines) + "\n")
+    return hdr_path
+
+
+def _find_envi_header(data_path: Path) -> Path | None:
+    for candidate in (Path(str(data_path) + ".hdr"), data_path.with_suffix(".hdr")):
+        if candidate.is_file() and candidate != data_path:
+            return candidate
+    return None
+
+
+def _envi_paths(path: Path) -> tuple[Path, Path]:
+    """(header, data file) for a path to either one."""
+    if path.suffix.lower() == ".hdr":
+        if not path.is_file():
+            raise InputError(path, "no such file")
+        stem = path.with_suffix("")
+        for ext in ENVI_DATA_EXTENSIONS:
+            candidate = Path(str(stem) + ext)
+            if candidate.is_file():
+                return path, candidate
+        raise InputError(path, f"no data file beside this header ({stem.name} with one of {', '.join(e or '(none)' for e in ENVI_DATA_EXTENSIONS)})")
+    if not path.is_file():
+        raise InputError(path, "no such file")
+    hdr_path = _find_envi_header(path)
+    if hdr_path is None:
+        raise InputError(path, f"no ENVI header {path.name}.hdr or {path.with_suffix('.hdr').name} beside it")
+    return hdr_path, path
+
+
+def _header_int(header: dict, key: str, hdr_path, default: int | None = None) -> int:
+    value = header.get(key)
+    if value is None and default is not None:
+        return default
+    try:
+        return int(str(value))
+    except ValueError:
+        raise InputError(hdr_path, f"'{key}' is {value!r}, expected an integer") from None
+
+
+def _read_envi_data(hdr_path: Path, data_path: Path, header: dict) -> np.ndarray:
+    """The raw data as (bands, lines, samples) float32, size checked against the header."""
+    samples, lines, bands = (_header_int(header, k, hdr_path) for k in ("samples", "lines", "bands"))
+    offset = _header_int(header, "header offset", hdr_path, default=0)
+    code = _header_int(header, "data type", hdr_path)
+    byte_order = _header_int(header, "byte order", hdr_path, default=0)
+    interleave = str(header.get("interleave", "bsq")).lower()
+    if min(samples, lines, bands) <= 0:
+        raise InputError(hdr_path, f"samples, lines and bands must be positive, got {samples}, {lines}, {bands}")
+    if code not in ENVI_DTYPES:
+        raise InputError(hdr_path, f"data type {code} is not supported (supported: {sorted(ENVI_DTYPES)})")
+    if interleave not in ("bsq", "bil", "bip"):
+        raise InputError(hdr_path, f"interleave {interleave!r} is not bsq, bil or bip")
+    if byte_order not in (0, 1):
+        raise InputError(hdr_path, f"byte order {byte_order} is not 0 (little-endian) or 1 (big-endian)")
+    dtype = np.dtype(("<" if byte_order == 0 else ">") + ENVI_DTYPES[code])
+    count = samples * lines * bands
+    expected, actual = offset + count * dtype.itemsize, data_path.stat().st_size
+    if actual != expected:
+        problem = "truncated" if actual < expected else "too large"
+        raise InputError(data_path, f"{problem}: {actual} bytes, the header says {samples}x{lines}x{bands} {dtype.name} + {offset} byte offset = {expected}")
+    flat = np.fromfile(data_path, dtype=dtype, count=count, offset=offset)
+    if interleave == "bsq":
+        data = flat.reshape(bands, lines, samples)
+    elif interleave == "bil":
+        data = flat.reshape(lines, bands, samples).transpose(1, 0, 2)
+    else:
+        data = flat.reshape(lines, samples, bands).transpose(2, 0, 1)
+    return np.ascontiguousarray(data, dtype=np.float32)
+
+
+def _envi_wavelengths(hdr_path: Path, header: dict, bands: int) -> np.ndarray | None:
+    """Wavelengths in micrometres, None if the header has none or in other units (e.g. wavenumbers)."""
+    values = header.get("wavelength")
+    if values is None:
+        return None
+    if not isinstance(values, list) or len(values) != bands:
+        raise InputError(hdr_path, f"'wavelength' lists {len(values) if isinstance(values, list) else 1} values for {bands} bands")
+    try:
+        wavelengths = np.array([float(v) for v in values])
+    except ValueError:
+        raise InputError(hdr_path, "'wavelength' holds a value that is not a number") from None
+    units = str(header.get("wavelength units", "")).strip().lower()
+    if units in ("nanometers", "nanometres", "nm"):
+        return wavelengths / 1000.0
+    if units in ("micrometers", "micrometres", "microns", "um", "µm"):
+        return wavelengths
+    if units in ("", "unknown"):
+        return wavelengths / 1000.0 if wavelengths.max() > 100 else wavelengths  # nm are in the hundreds
+    return None
+
+
+# ----------------------------------------------------------------------------- .mat / .npy / .tif
+def read_mat(path: str | os.PathLike, key: str | None = None, layout: str = "HWB",
+             allow_nan: bool = False, expected_bands: int | None = None) -> Cube:
+    """A MATLAB file -> Cube: the array `key`, or the largest 3-D numeric array in the file.
+
+    `layout` is the array's axis order: "HWB" (rows, columns, bands) is how the usual .mat
+    hyperspectral sets (Indian Pines, Pavia, Salinas...) are stored; "BHW" for band-first.
+    v7.3 files are HDF5 and need h5py; without it the error says so.
+    """
+    import scipy.io
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "no such file")
+    try:
+        arrays = {k: v for k, v in scipy.io.loadmat(path).items() if not k.startswith("__")}
+    except NotImplementedError:  # scipy's answer to a v7.3 (HDF5) file
+        arrays = _read_mat_v73(path)
+    except Exception as err:
+        raise InputError(path, f"cannot read as a MATLAB file: {one_line(err)}") from None
+    key, array = _pick_array(path, arrays, key)
+    return check_cube(Cube(_to_bhw(path, array, layout), path=str(path), metadata={"key": key, "layout": layout}),
+                      allow_nan, expected_bands)
+
+
+def read_npy(path: str | os.PathLike, layout: str | None = None, allow_nan: bool = False,
+             expected_bands: int | None = None) -> Cube:
+    """A .npy 3-D array -> Cube.
+
+    `layout` "BHW" or "HWB". Left as None, the array is taken as (bands, H, W), the
+    earthsynth order, unless its first two sizes are equal and the last differs (say
+    145x145x200): then as (H, W, bands), since square tiles are the common case. Pass
+    `layout` whenever that rule could guess wrong. Pickled arrays are refused.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "no such file")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except Exception as err:
+        raise InputError(path, f"cannot read as .npy: {one_line(err)}") from None
+    if array.ndim != 3:
+        raise InputError(path, f"expected a 3-D array, got shape {array.shape}")
+    if layout is None:
+        layout = "HWB" if array.shape[0] == array.shape[1] != array.shape[2] else "BHW"
+    return check_cube(Cube(_to_bhw(path, array, layout), path=str(path), metadata={"layout": layout}),
+                      allow_nan, expected_bands)
+
+
+def read_tiff_cube(path: str | os.PathLike, allow_nan: bool = False, expected_bands: int | None = None) -> Cube:
+    """A multi-band (Geo)TIFF -> Cube; crs, transform (a, b, c, d, e, f) and nodata kept in metadata.
+
+    Band descriptions become band names when every band has one. Nodata pixels keep their
+    stored value.
+    """
+    import rasterio
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "no such file")
+    try:
+        with warnings.catch_warnings():
+            # a plain multi-band TIFF without georeferencing is a fine cube too
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            with rasterio.open(path) as src:
+                data = src.read()
+                crs = src.crs.to_string() if src.crs else None
+                transform = tuple(src.transform)[:6] if not src.transform.is_identity else None
+                nodata = src.nodata
+                descriptions = list(src.descriptions)
+    except Exception as err:
+        raise InputError(path, f"cannot read as a GeoTIFF: {one_line(err)}") from None
+    names = descriptions if all(descriptions) else None
+    cube = Cube(data, band_names=names, path=str(path),
+                metadata={"crs": crs, "transform": transform, "nodata": nodata})
+    return check_cube(cube, allow_nan, expected_bands)
+
+
+def _read_mat_v73(path: Path) -> dict[str, np.ndarray]:
+    try:
+        import h5py
+    except ImportError:
+        raise InputError(path, "is a MATLAB v7.3 (HDF5) file: install h5py to read it, or re-save it with save(..., '-v7')") from None
+    arrays = {}
+    try:
+        with h5py.File(path, "r") as f:
+            for name, item in f.items():
+                if isinstance(item, h5py.Dataset) and item.dtype.kind in "biuf":
+                    # MATLAB writes column-major: h5py sees the axes reversed
+                    arrays[name] = np.asarray(item[()]).transpose()
+    except Exception as err:
+        raise InputError(path, f"cannot read as a MATLAB v7.3 file: {one_line(err)}") from None
+    return arrays
+
+
+def _pick_array(path: Path, arrays: dict, key: str | None) -> tuple[str, np.ndarray]:
+    """(name, array): the variable `key`, else the largest 3-D numeric array."""
+    if key is not None:
+        if key not in arrays:
+            raise InputError(path, f"no variable {key!r}; it holds {sorted(arrays)}")
+        array = np.asarray(arrays[key])
+        if array.ndim != 3 or array.dtype.kind not in "biuf":
+            raise InputError(path, f"variable {key!r} is a {array.dtype} array of shape {array.shape}, not a 3-D numeric cube")
+        return key, array
+    cubes = {k: v for k, v in arrays.items() if isinstance(v, np.ndarray) and v.ndim == 3 and v.dtype.kind in "biuf"}
+    if not cubes:
+        shapes = {k: getattr(v, "shape", None) for k, v in arrays.items()}
+        raise InputError(path, f"no 3-D numeric array among its variables {shapes}")
+    best = max(cubes, key=lambda k: cubes[k].size)
+    return best, cubes[best]
+
+
+def _to_bhw(path: Path, array: np.ndarray, layout: str) -> np.ndarray:
+    layout = layout.upper()
+    if layout == "BHW":
+        return array
+    if layout == "HWB":
+        return np.transpose(array, (2, 0, 1))
+    raise ValueError(f"{path}: layout must be 'BHW' or 'HWB', got {layout!r}")
