@@ -11,7 +11,8 @@ PY="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
-pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
+# pip, without the noise of mirror folders some machines list but do not fill
+pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@" 2> >(grep -v "WARNING: Location" >&2); }
 
 # 1. The CPU build of torch first: the project's torch range is satisfied by it, so
 #    nothing later pulls the multi-GB CUDA build.

@@ -46,6 +46,9 @@ def cmd_train(args) -> int:
     return 0
 
 
+NOT_BUILT = ("generate", "augment", "evaluate", "denoise", "upscale", "app", "bench")
+
+
 def not_built(args) -> int:
     print(f"earthsynth {args.command}: not built yet", file=sys.stderr)
     return 2
@@ -55,8 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="earthsynth", description="Synthesise remote-sensing data with conditional diffusion models.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     parsers = {name: sub.add_parser(name, help=help_text, description=help_text) for name, help_text in COMMANDS.items()}
-    for name in ("generate", "augment", "evaluate", "denoise", "upscale", "app", "bench"):
-        parsers[name].add_argument("rest", nargs=argparse.REMAINDER)
+    for name in NOT_BUILT:
         parsers[name].set_defaults(func=not_built)
 
     p = parsers["train"]
@@ -78,7 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     # every model loads from a local directory: an accidental hub download must fail loudly
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and args.command not in NOT_BUILT:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return args.func(args)
     except InputError as err:

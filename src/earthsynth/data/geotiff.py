@@ -73,6 +73,33 @@ def gsd_metres(transform, crs, width: int, height: int) -> float | None:
     return (size_x + size_y) / 2
 
 
+@dataclass
+class RasterHeader:
+    width: int
+    height: int
+    bands: int
+    dtype: str
+    crs: str | None
+    gsd: float | None
+
+
+def read_header(path: str | os.PathLike) -> RasterHeader:
+    """Size, bands, CRS and GSD of a raster without reading its pixels."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "file not found")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            src = rasterio.open(path)
+        with src:
+            has_geo = src.crs is not None and not src.transform.is_identity
+            return RasterHeader(src.width, src.height, src.count, src.dtypes[0], _crs_string(src.crs),
+                                gsd_metres(src.transform, src.crs, src.width, src.height) if has_geo else None)
+    except RasterioError as err:
+        raise InputError(path, f"cannot be read as a raster ({str(err).splitlines()[0]})") from None
+
+
 def read_geotiff(path: str | os.PathLike, window: tuple[int, int, int, int] | None = None) -> Raster:
     """Read a raster; `window` = (x0, y0, x1, y1) in pixels reads only that part.
 

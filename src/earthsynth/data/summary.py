@@ -3,32 +3,21 @@
 from __future__ import annotations
 
 import csv
-import warnings
 from collections import Counter
 
-import rasterio
-from rasterio.errors import NotGeoreferencedWarning
-
-from earthsynth.data.sources import all_sources, earthlib_library_path
+from earthsynth.data.geotiff import read_header
+from earthsynth.data.sources import all_sources, earthlib_library_path, stars_dir
 from earthsynth.data.tiles import RealTiles
-
-
-def _raster_header(path) -> tuple[int, int, int, str]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        src = rasterio.open(path)
-    with src:
-        return src.width, src.height, src.count, src.dtypes[0]
 
 
 def summary_rows() -> list[dict]:
     rows = []
     for image in all_sources():
-        width, height, bands, dtype = _raster_header(image.path)
+        header = read_header(image.path)
         counts = image.boxes.class_counts() if image.boxes is not None else {}
         rows.append({
             "source": image.source, "image": image.image_id, "split": image.split,
-            "size": f"{width}x{height}", "bands": f"{bands} {dtype}",
+            "size": f"{header.width}x{header.height}", "bands": f"{header.bands} {header.dtype}",
             "gsd_m": "?" if image.gsd is None else f"{image.gsd:.3g}",
             "crs": image.crs or "none", "boxes": sum(counts.values()) if image.boxes is not None else "-",
             "classes": ", ".join(f"{k} {v}" for k, v in counts.items()) or "-",
@@ -65,6 +54,8 @@ def render_summary(tile_size: int = 256, min_visible: float = 0.5) -> str:
     lines = ["Bundled real sources (split by source image)", format_table(rows), ""]
     total = sum(r["boxes"] for r in rows if isinstance(r["boxes"], int))
     lines.append(f"labelled boxes in all: {total}")
+    if stars_dir() is None:
+        lines.append("landsat: not installed (Debian r-cran-stars; scripts/setup.sh fetches it where apt works)")
     tile_rows = []
     for split in ("train", "val", "test"):
         tiles = RealTiles(split=split, tile_size=tile_size, min_visible=min_visible)
@@ -73,6 +64,7 @@ def render_summary(tile_size: int = 256, min_visible: float = 0.5) -> str:
             boxes.update(tile.boxes.labels)
         tile_rows.append({"split": split, "images": len(tiles.images), "tiles": len(tiles),
                           "boxes": sum(boxes.values()), "classes": ", ".join(f"{k} {v}" for k, v in sorted(boxes.items()))})
-    lines += ["", f"deepforest tiles of {tile_size} px (boxes kept if >= {min_visible:.0%} visible)", format_table(tile_rows), ""]
+    lines += ["", f"deepforest tiles of {tile_size} px (boxes kept if >= {min_visible:.0%} visible; the last row and "
+              "column of windows overlap their neighbours, so boxes there count twice)", format_table(tile_rows), ""]
     lines.append(spectral_library_summary())
     return "\n".join(lines)

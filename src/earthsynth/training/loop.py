@@ -3,12 +3,14 @@
 A family supplies components and a `loss(components, batch)` (earthsynth.registry.Family);
 this loop does the rest with accelerate: data order and sharding, gradient accumulation,
 mixed precision, clipping, EMA, lr schedule, logs, previews, atomic checkpoints and exact
-resume. It runs unchanged under `accelerate launch --num_processes 2 --cpu`.
+resume. Several processes (torchrun or `accelerate launch`, GPU or gloo on CPU) each take a
+disjoint shard of every epoch.
 """
 
 from __future__ import annotations
 
 import csv
+import os
 import sys
 import time
 from pathlib import Path
@@ -112,7 +114,11 @@ def train(config: RunConfig, command: str = "", show_progress: bool = True) -> d
     output_dir = Path(config.output_dir)
     # a second train() in the same process (tests, notebooks) may ask for other precision
     AcceleratorState._reset_state()
+    # several processes but no GPU (torchrun, or `accelerate launch --multi_gpu` on a CPU
+    # machine): run them on the CPU with gloo instead of failing to find CUDA
+    several_cpu_processes = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
     accelerator = Accelerator(
+        cpu=several_cpu_processes,
         mixed_precision=tc.mixed_precision,
         gradient_accumulation_steps=tc.gradient_accumulation_steps,
         log_with="tensorboard" if tc.logger == "tensorboard" else None,

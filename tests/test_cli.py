@@ -1,0 +1,55 @@
+"""The `earthsynth` command line and the README's two commands."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from earthsynth.cli import COMMANDS, main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_help_lists_every_subcommand(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for name in ["generate", "augment", "evaluate", "denoise", "upscale", "train", "app", "bench", "data"]:
+        assert re.search(rf"^\s+{name}\s", out, re.M), name
+    assert list(COMMANDS)[:9] == ["generate", "augment", "evaluate", "denoise", "upscale", "train", "app", "bench", "data"]
+
+
+def test_data_summary_shows_true_counts(capsys):
+    assert main(["data", "summary"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"OSBS_029\s+test\s+400x400\s+3 uint8\s+0.1\s+EPSG:32617\s+61\s+Tree 61", out)
+    assert re.search(r"SOAP_061\s+val .* 37\s+Alive 9, Dead 28", out)
+    assert "574" in out and "279" in out and "labelled boxes in all: 951" in out
+    assert "7261 spectra x 180 bands" in out
+
+
+def test_bad_config_is_one_line_naming_the_file(tmp_path, capsys):
+    assert main(["train", str(tmp_path / "missing.yaml")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"earthsynth: error: {tmp_path / 'missing.yaml'}: config file not found"
+    config = tmp_path / "typo.yaml"
+    config.write_text("family: smoke\ndata:\n  tile_sise: 32\n")
+    assert main(["train", str(config)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "typo.yaml" in err and "did you mean 'tile_size'" in err
+
+
+def test_unbuilt_subcommands_exit_2():
+    done = subprocess.run([sys.executable, "-m", "earthsynth.cli", "augment", "--demo"], capture_output=True, text=True)
+    assert done.returncode == 2 and "not built yet" in done.stderr
+
+
+def test_readme_commands_are_the_ones_ci_runs():
+    readme = (ROOT / "README.md").read_text()
+    ci_command = (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
+    blocks = re.findall(r"```bash\n(.*?)\n```", readme, re.S)
+    assert ci_command in blocks, "the README's test command must be exactly what .ci/run runs"
+    assert any(b.startswith("bash scripts/setup.sh && .venv/bin/earthsynth ") for b in blocks)
