@@ -5,7 +5,13 @@ import pytest
 
 from earthsynth.data.captions import make_caption
 from earthsynth.data.geotiff import Raster, read_geotiff, write_geotiff
-from earthsynth.data.sources import DEEPFOREST_SPLIT, deepforest_images, raster_sources, stars_dir
+from earthsynth.data.sources import (
+    DEEPFOREST_SPLIT,
+    deepforest_dir,
+    deepforest_images,
+    raster_sources,
+    stars_dir,
+)
 from earthsynth.data.tiles import RealTiles, cut_tiles, tile_windows
 from earthsynth.errors import InputError
 
@@ -115,10 +121,18 @@ def test_caption_words():
     assert "28 m/px" in make_caption("Landsat", 28.5, None)
 
 
-def test_truncated_geotiff_is_a_one_line_error(tmp_path, images):
-    data = images["OSBS_029"].path.read_bytes()
-    broken = tmp_path / "broken.tif"
-    broken.write_bytes(data[: len(data) // 3])
+@pytest.mark.parametrize("name", ["OSBS_029.tif", "SOAP_061.png"])
+def test_truncated_image_is_a_one_line_error(tmp_path, name):
+    data = (deepforest_dir() / name).read_bytes()
+    broken = tmp_path / name
+    broken.write_bytes(data[: len(data) // 2])
     with pytest.raises(InputError) as err:
         read_geotiff(broken)
     assert str(err.value).startswith(str(broken)) and "\n" not in str(err.value)
+
+
+def test_png_reads_like_its_geotiff_twin():
+    png = read_geotiff(deepforest_dir() / "OSBS_029.png")
+    tif = read_geotiff(deepforest_dir() / "OSBS_029.tif")
+    assert png.crs is None and tif.crs == "EPSG:32617"
+    np.testing.assert_array_equal(png.data[:3], tif.data[:3])

@@ -83,8 +83,12 @@ def test_resume_gives_the_same_next_losses(tmp_path):
         torch.testing.assert_close(wa[key], wb[key], rtol=1e-5, atol=1e-6)
 
 
-def test_gradient_accumulation_and_bf16_run(tmp_path):
+def test_gradient_accumulation_bf16_v_prediction_and_tensorboard(tmp_path):
     result = train(tiny_config(tmp_path / "acc", max_steps=2, gradient_accumulation_steps=2,
-                               mixed_precision="bf16", checkpoint_every=100), show_progress=False)
+                               mixed_precision="bf16", prediction_type="v_prediction", checkpoint_every=100,
+                               logger="tensorboard"),
+                   show_progress=False)
     assert [s for s, _ in result["losses"]] == [1, 2]
     assert all(torch.isfinite(torch.tensor(loss)) for _, loss in result["losses"])
+    assert list((tmp_path / "acc").rglob("events.out.tfevents.*")), "no tensorboard events written"
+    assert (tmp_path / "acc" / "previews" / "step-000002.png").exists()

@@ -100,14 +100,41 @@ def read_header(path: str | os.PathLike) -> RasterHeader:
         raise InputError(path, f"cannot be read as a raster ({str(err).splitlines()[0]})") from None
 
 
+PLAIN_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+def _read_plain_image(path: Path, window) -> Raster:
+    """PNG / JPEG through PIL, which (unlike GDAL) refuses a truncated file instead of
+    returning the missing rows as zeros. Such files carry no georeferencing."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode not in ("L", "RGB", "RGBA", "I;16"):
+                image = image.convert("RGB")
+            data = np.asarray(image)
+    except (OSError, UnidentifiedImageError, SyntaxError) as err:
+        raise InputError(path, f"truncated or corrupt image ({' '.join(str(err).split())})") from None
+    data = data[None] if data.ndim == 2 else data.transpose(2, 0, 1)
+    if window is not None:
+        x0, y0, x1, y1 = window
+        data = data[:, y0:y1, x0:x1]
+    return Raster(data=np.ascontiguousarray(data), path=str(path),
+                  band_names=[f"band{i + 1}" for i in range(data.shape[0])])
+
+
 def read_geotiff(path: str | os.PathLike, window: tuple[int, int, int, int] | None = None) -> Raster:
     """Read a raster; `window` = (x0, y0, x1, y1) in pixels reads only that part.
 
     The transform of a window read is the window's own, so the cut stays georeferenced.
+    Plain PNG / JPEG files are read too (without georeferencing).
     """
     path = Path(path)
     if not path.exists():
         raise InputError(path, "file not found")
+    if path.suffix.lower() in PLAIN_IMAGE_SUFFIXES:
+        return _read_plain_image(path, window)
     try:
         with warnings.catch_warnings():
             # a plain PNG has no georeferencing: that is reported as crs None, not warned

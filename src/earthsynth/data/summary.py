@@ -5,22 +5,34 @@ from __future__ import annotations
 import csv
 from collections import Counter
 
-from earthsynth.data.geotiff import read_header
+from earthsynth.data.geotiff import read_geotiff, read_header
 from earthsynth.data.sources import all_sources, earthlib_library_path, stars_dir
 from earthsynth.data.tiles import RealTiles
+
+
+def _content(image) -> str:
+    """Classes of a labelled image, the elevation range of a DEM, else '-'."""
+    if image.boxes is not None:
+        return ", ".join(f"{k} {v}" for k, v in image.boxes.class_counts().items())
+    if image.kind == "dem":
+        raster = read_geotiff(image.path)
+        valid = raster.data[0].astype(float)
+        if raster.nodata is not None:
+            valid = valid[valid != raster.nodata]
+        return f"elevation {valid.min():.0f}-{valid.max():.0f} m"
+    return "-"
 
 
 def summary_rows() -> list[dict]:
     rows = []
     for image in all_sources():
         header = read_header(image.path)
-        counts = image.boxes.class_counts() if image.boxes is not None else {}
         rows.append({
             "source": image.source, "image": image.image_id, "split": image.split,
             "size": f"{header.width}x{header.height}", "bands": f"{header.bands} {header.dtype}",
             "gsd_m": "?" if image.gsd is None else f"{image.gsd:.3g}",
-            "crs": image.crs or "none", "boxes": sum(counts.values()) if image.boxes is not None else "-",
-            "classes": ", ".join(f"{k} {v}" for k, v in counts.items()) or "-",
+            "crs": image.crs or "none", "boxes": len(image.boxes) if image.boxes is not None else "-",
+            "content": _content(image),
         })
     return rows
 

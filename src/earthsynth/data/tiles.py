@@ -119,7 +119,7 @@ class RealTiles(Dataset):
             raise ValueError(f"unknown source(s) {unknown}; known: {', '.join(known)}")
         images = deepforest_images() if "deepforest" in sources else []
         if set(sources) - {"deepforest"}:
-            images += [img for img in raster_sources() if img.source in sources]
+            images += [img for img in raster_sources() if img.source in sources and img.kind == "image"]
         self.images = [img for img in images if img.split == split]
         self.tiles: list[Tile] = []
         for image in self.images:
