@@ -29,6 +29,7 @@ from earthsynth.data.annotations import (
     write_yolo_data_yaml,
 )
 from earthsynth.errors import InputError
+from tests_support import assert_input_error
 
 W, H = 640, 480
 CLASSES = ["plane", "ship", "small-vehicle"]
@@ -62,14 +63,6 @@ def assert_same_boxes(read: Boxes, expected: Boxes, tol: float = 1e-3) -> None:
     # a rectangle turned by 180 degrees is the same one: compare angles modulo 180
     angle_error = (read.rboxes[:, 4] - expected.rboxes[:, 4] + 90.0) % 180.0 - 90.0
     np.testing.assert_allclose(angle_error, 0.0, atol=tol)
-
-
-def assert_input_error(err: pytest.ExceptionInfo, path: Path, *words: str) -> None:
-    message = str(err.value)
-    assert "\n" not in message
-    assert Path(path).name in message
-    for word in words:
-        assert word in message, f"{word!r} not in {message!r}"
 
 
 def assert_nothing_left(folder: Path) -> None:

@@ -1,4 +1,8 @@
-"""Shared test settings: a tiny run config for the training tests."""
+"""Shared test helpers: a tiny run config for the training tests, the one-line error check."""
+
+from pathlib import Path
+
+import pytest
 
 TINY_RUN = {
     "family": "smoke",
@@ -7,3 +11,12 @@ TINY_RUN = {
     "train": {"max_steps": 6, "batch_size": 4, "learning_rate": 1.0e-3, "checkpoint_every": 3,
               "ema_decay": 0.9, "snr_gamma": 5.0, "log_every": 1},
 }
+
+
+def assert_input_error(err: pytest.ExceptionInfo, path: Path, *words: str) -> None:
+    """The error is one line that names the file and says what is wrong (`words`)."""
+    message = str(err.value)
+    assert "\n" not in message
+    assert Path(path).name in message
+    for word in words:
+        assert word in message, f"{word!r} not in {message!r}"

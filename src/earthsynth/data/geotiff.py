@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
-from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 
 from earthsynth.errors import InputError
@@ -19,18 +19,10 @@ from earthsynth.errors import InputError
 EARTH_METRES_PER_DEGREE = 111_320.0  # along a meridian; scaled by cos(lat) along a parallel
 
 
-@dataclass
-class Raster:
-    """Pixels (bands, H, W) in their file dtype plus where they lie on Earth."""
+class BandsMixin:
+    """bands / height / width of a (bands, H, W) `data` array (rasters and cubes)."""
 
     data: np.ndarray
-    crs: str | None = None  # "EPSG:xxxx" where an EPSG code exists, else WKT
-    transform: tuple[float, float, float, float, float, float] | None = None  # a, b, c, d, e, f
-    nodata: float | None = None
-    gsd: float | None = None  # metres per pixel (mean of x and y), None if not georeferenced
-    tags: dict[str, str] = field(default_factory=dict)
-    band_names: list[str] = field(default_factory=list)
-    path: str | None = None
 
     @property
     def bands(self) -> int:
@@ -43,6 +35,20 @@ class Raster:
     @property
     def width(self) -> int:
         return self.data.shape[2]
+
+
+@dataclass
+class Raster(BandsMixin):
+    """Pixels (bands, H, W) in their file dtype plus where they lie on Earth."""
+
+    data: np.ndarray
+    crs: str | None = None  # "EPSG:xxxx" where an EPSG code exists, else WKT
+    transform: tuple[float, float, float, float, float, float] | None = None  # a, b, c, d, e, f
+    nodata: float | None = None
+    gsd: float | None = None  # metres per pixel (mean of x and y), None if not georeferenced
+    tags: dict[str, str] = field(default_factory=dict)
+    band_names: list[str] = field(default_factory=list)  # the file's band descriptions, if every band has one
+    path: str | None = None
 
 
 def _crs_string(crs) -> str | None:
@@ -97,7 +103,7 @@ def read_header(path: str | os.PathLike) -> RasterHeader:
             return RasterHeader(src.width, src.height, src.count, src.dtypes[0], _crs_string(src.crs),
                                 gsd_metres(src.transform, src.crs, src.width, src.height) if has_geo else None)
     except RasterioError as err:
-        raise InputError(path, f"cannot be read as a raster ({str(err).splitlines()[0]})") from None
+        raise InputError(path, f"truncated, corrupt or not a raster ({str(err).splitlines()[0]})") from None
 
 
 PLAIN_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -120,8 +126,7 @@ def _read_plain_image(path: Path, window) -> Raster:
     if window is not None:
         x0, y0, x1, y1 = window
         data = data[:, y0:y1, x0:x1]
-    return Raster(data=np.ascontiguousarray(data), path=str(path),
-                  band_names=[f"band{i + 1}" for i in range(data.shape[0])])
+    return Raster(data=np.ascontiguousarray(data), path=str(path))
 
 
 def read_geotiff(path: str | os.PathLike, window: tuple[int, int, int, int] | None = None) -> Raster:
@@ -152,13 +157,11 @@ def read_geotiff(path: str | os.PathLike, window: tuple[int, int, int, int] | No
                 nodata=src.nodata,
                 gsd=gsd_metres(transform, src.crs, data.shape[2], data.shape[1]) if has_geo else None,
                 tags=dict(src.tags()),
-                band_names=[d or f"band{i + 1}" for i, d in enumerate(src.descriptions)],
+                band_names=list(src.descriptions) if all(src.descriptions) else [],
                 path=str(path),
             )
-    except RasterioIOError as err:
-        raise InputError(path, f"cannot be read as a raster ({str(err).splitlines()[0]})") from None
     except RasterioError as err:
-        raise InputError(path, f"corrupt or truncated raster ({str(err).splitlines()[0]})") from None
+        raise InputError(path, f"truncated, corrupt or not a raster ({str(err).splitlines()[0]})") from None
 
 
 def write_geotiff(path: str | os.PathLike, raster: Raster) -> None:

@@ -12,13 +12,13 @@ bands along the samples) are not cubes; `read_spectral_library` reads them.
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from earthsynth.data.common import atomic_write, format_number, one_line
+from earthsynth.data.geotiff import BandsMixin, read_geotiff
 from earthsynth.errors import InputError
 
 # ENVI "data type" codes -> numpy type (byte order added from the header)
@@ -27,7 +27,7 @@ ENVI_DATA_EXTENSIONS = ("", ".img", ".dat", ".sli", ".raw", ".bsq", ".bil", ".bi
 
 
 @dataclass
-class Cube:
+class Cube(BandsMixin):
     """A hyperspectral cube: data (bands, H, W) float32, wavelengths (bands,) in micrometres."""
 
     data: np.ndarray
@@ -46,18 +46,6 @@ class Cube:
                 raise ValueError(f"{len(self.wavelengths)} wavelengths for {self.bands} bands")
         if self.band_names is not None and len(self.band_names) != self.bands:
             raise ValueError(f"{len(self.band_names)} band names for {self.bands} bands")
-
-    @property
-    def bands(self) -> int:
-        return self.data.shape[0]
-
-    @property
-    def height(self) -> int:
-        return self.data.shape[1]
-
-    @property
-    def width(self) -> int:
-        return self.data.shape[2]
 
 
 # ----------------------------------------------------------------------------- dispatch
@@ -359,26 +347,9 @@ def read_tiff_cube(path: str | os.PathLike, allow_nan: bool = False, expected_ba
     Band descriptions become band names when every band has one. Nodata pixels keep their
     stored value.
     """
-    import rasterio
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "no such file")
-    try:
-        with warnings.catch_warnings():
-            # a plain multi-band TIFF without georeferencing is a fine cube too
-            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-            with rasterio.open(path) as src:
-                data = src.read()
-                crs = src.crs.to_string() if src.crs else None
-                transform = tuple(src.transform)[:6] if not src.transform.is_identity else None
-                nodata = src.nodata
-                descriptions = list(src.descriptions)
-    except Exception as err:
-        raise InputError(path, f"cannot read as a GeoTIFF: {one_line(err)}") from None
-    names = descriptions if all(descriptions) else None
-    cube = Cube(data, band_names=names, path=str(path),
-                metadata={"crs": crs, "transform": transform, "nodata": nodata})
+    raster = read_geotiff(path)
+    cube = Cube(raster.data, band_names=raster.band_names or None, path=str(path),
+                metadata={"crs": raster.crs, "transform": raster.transform, "nodata": raster.nodata})
     return check_cube(cube, allow_nan, expected_bands)
 
 
