@@ -37,6 +37,9 @@ def test_overrides_are_parsed_as_yaml_not_eval():
     assert config.train.learning_rate == pytest.approx(3e-4)
     assert config.data.gsd_factors == [2, 4]
     assert config.model.text_encoder == "__import__('os')"  # a plain string, never evaluated
+    # YAML reads a bare `no` as false; for a text setting it is the word
+    assert load_config(tree=TINY, overrides=["train.mixed_precision=no"]).train.mixed_precision == "no"
+    assert load_config(tree=TINY, overrides=["data.hflip=no"]).data.hflip is False
 
 
 def test_epoch_batches_shard_disjointly():

@@ -121,6 +121,9 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         return float(value)
     if annotation is bool and not isinstance(value, bool):
         raise InputError(where, f"expected true or false, got {value!r}")
+    if annotation is str and isinstance(value, bool):
+        # YAML 1.1 reads a bare no / yes as a boolean: `mixed_precision: no` means the word
+        return "yes" if value else "no"
     if annotation in (int, str) and not isinstance(value, annotation) or (annotation is int and isinstance(value, bool)):
         raise InputError(where, f"expected {annotation.__name__}, got {value!r}")
     return value

@@ -36,8 +36,9 @@ class EMA:
         missing = set(self.shadow) - set(state)
         if missing:
             raise KeyError(f"EMA state lacks {sorted(missing)[:3]}...")
-        for name in self.shadow:
-            self.shadow[name] = state[name].float().clone()
+        for name, current in self.shadow.items():
+            # checkpoints load on the CPU; the shadow lives beside the weights it follows
+            self.shadow[name] = state[name].float().to(current.device).clone()
 
     @contextmanager
     def applied(self, module: nn.Module):
