@@ -591,3 +591,25 @@ def test_condition_dropout_config_and_validation():
         ConditionDropout({"text": 0.1}, drop_all=0.6, keep_all=0.5)
     with pytest.raises(ValueError, match="probability"):
         ConditionDropout.from_config({"text": "often"})
+
+
+def test_layout_from_real_boxes_matches_the_numpy_rasteriser():
+    from earthsynth.boxes import Boxes
+    from earthsynth.conditioning import layout_from_boxes
+    from earthsynth.data.tiles import RealTiles
+
+    tiles = RealTiles("val", tile_size=128)
+    boxes = [tiles[i]["boxes"] for i in range(len(tiles))][:4]
+    rotated = Boxes(np.array([[40.0, 50.0, 30.0, 12.0, 35.0], [90.0, 20.0, 16.0, 40.0, -60.0]]), ["a", "b"], rotated=True)
+    boxes.append(rotated)
+    corners, valid, labels = layout_from_boxes(boxes, 128, 128, max_objects=32)
+    assert corners.shape == (5, 32, 4, 2) and valid.sum(1).tolist() == [len(b) for b in boxes]
+    assert labels[-1][:3] == ["a", "b", ""]
+    masks = rasterize_quads(corners, valid, 128, 128)
+    for i, image_boxes in enumerate(boxes):
+        expected = torch.from_numpy(image_boxes.masks(128, 128)).float()
+        got = masks[i, : len(image_boxes)]
+        # same pixel-centre rule; float rounding may flip a centre lying exactly on an edge
+        assert (got != expected).float().sum() <= 2 * len(image_boxes)
+    with pytest.raises(ValueError, match="more than max_objects"):
+        layout_from_boxes([boxes[-1]], 128, 128, max_objects=1)

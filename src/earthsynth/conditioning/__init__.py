@@ -12,7 +12,12 @@ from earthsynth.conditioning.control import (
     unet_residual_spec,
 )
 from earthsynth.conditioning.dropout import ConditionDropout
-from earthsynth.conditioning.layout import LayoutEncoder, fourier_features, rasterize_quads
+from earthsynth.conditioning.layout import (
+    LayoutEncoder,
+    fourier_features,
+    layout_from_boxes,
+    rasterize_quads,
+)
 from earthsynth.conditioning.scalars import SCALAR_FIELDS, ScalarEmbedding, scalar_values
 from earthsynth.conditioning.text import TextConditioner, TextEmbeddings, default_text_model_dir
 
@@ -30,6 +35,7 @@ __all__ = [
     "default_text_model_dir",
     "fourier_features",
     "landcover_onehot",
+    "layout_from_boxes",
     "normalise_dem",
     "rasterize_lines",
     "rasterize_quads",

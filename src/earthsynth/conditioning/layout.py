@@ -130,3 +130,24 @@ def rasterize_quads(
         cross = ex * (py - y[..., k, None, None]) - ey * (px - x[..., k, None, None])
         inside = inside & (cross * orientation[..., None, None] >= 0)
     return inside.float()
+
+
+def layout_from_boxes(boxes_per_image, width: int, height: int, max_objects: int) -> tuple[torch.Tensor, torch.Tensor, list[list[str]]]:
+    """`earthsynth.boxes.Boxes` of each image -> the LayoutEncoder's inputs.
+
+    Returns corners (B, max_objects, 4, 2) normalised by the image size, valid (B, max_objects)
+    and the labels of each image's slots ('' for empty ones), to be embedded as class text.
+    More boxes than `max_objects` is an error, not a silent cut.
+    """
+    batch = len(boxes_per_image)
+    corners = torch.zeros(batch, max_objects, 4, 2)
+    valid = torch.zeros(batch, max_objects, dtype=torch.bool)
+    labels: list[list[str]] = []
+    scale = torch.tensor([width, height], dtype=torch.float32)
+    for i, boxes in enumerate(boxes_per_image):  # Boxes are numpy, per image; the rest is batched
+        if len(boxes) > max_objects:
+            raise ValueError(f"image {i} has {len(boxes)} boxes, more than max_objects={max_objects}")
+        corners[i, : len(boxes)] = torch.from_numpy(boxes.corners()).float() / scale
+        valid[i, : len(boxes)] = True
+        labels.append(list(boxes.labels) + [""] * (max_objects - len(boxes)))
+    return corners, valid, labels
