@@ -37,6 +37,7 @@ from earthsynth.conditioning import (
     unet_residual_spec,
 )
 from earthsynth.conditioning import text as text_module
+from earthsynth.errors import InputError
 
 torch.set_num_threads(2)
 
@@ -167,8 +168,10 @@ def test_broken_tokenizers_are_refused(tmp_path):
 
 
 def test_missing_default_package_says_how_to_fix(monkeypatch):
-    monkeypatch.setattr(text_module.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(ModuleNotFoundError, match="scripts/setup.sh"):
+    import earthsynth.data.sources as sources
+
+    monkeypatch.setattr(sources.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(InputError, match="scripts/setup.sh"):
         text_module.default_text_model_dir()
 
 

