@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -170,10 +172,12 @@ def train(config: RunConfig, command: str = "", show_progress: bool = True) -> d
     started = time.time()
     running_loss, running_count, grad_norm = 0.0, 0, float("nan")
     model.train()
+    batches_epoch, batches = -1, []
     while step < tc.max_steps:
         epoch, position = divmod(micro_step, batches_per_epoch)
-        indices = epoch_batches(len(dataset), tc.batch_size, tc.seed, epoch, rank, world)[position]
-        batch = family.collate([dataset[i] for i in indices])
+        if epoch != batches_epoch:  # the order of an epoch is drawn once
+            batches_epoch, batches = epoch, epoch_batches(len(dataset), tc.batch_size, tc.seed, epoch, rank, world)
+        batch = family.collate([dataset[i] for i in batches[position]])
         with accelerator.accumulate(model):
             loss = model(batch)
             if not torch.isfinite(loss):
@@ -223,6 +227,7 @@ def train(config: RunConfig, command: str = "", show_progress: bool = True) -> d
             preview_path = output_dir / "previews" / f"step-{step:06d}.png"
             _with_ema(ema, unwrapped, lambda path=preview_path: save_preview(family, unwrapped.components(), config, path))
     progress.close()
+    seconds = time.time() - started
 
     final_dir = output_dir / "final"
     if accelerator.is_main_process:
@@ -230,19 +235,32 @@ def train(config: RunConfig, command: str = "", show_progress: bool = True) -> d
             if family.preview is not None:
                 save_preview(family, unwrapped.components(), config, output_dir / "previews" / f"step-{step:06d}.png")
             if family.export is not None:
-                family.export(unwrapped.components(), config, final_dir)
-                save_config(config, final_dir / "train_config.yaml")
-                if command:
-                    (final_dir / "command.txt").write_text(command + "\n")
+                export_final(family, unwrapped.components(), config, final_dir, command)
         _with_ema(ema, unwrapped, export)
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    seconds = time.time() - started
     if accelerator.is_main_process and losses:
         steps_run = len(losses)
         accelerator.print(f"trained {steps_run} steps in {seconds:.1f} s ({seconds / max(steps_run, 1):.3f} s/step), "
                           f"last loss {losses[-1][1]:.4f}; output in {output_dir}")
     return {"losses": losses, "output_dir": output_dir, "final_dir": final_dir}
+
+
+def export_final(family: Family, components: dict, config: RunConfig, final_dir: Path, command: str) -> None:
+    """The family's pipeline components plus the config and command that made them, written
+    to a temporary folder and renamed into place, so `final/` is never half written."""
+    tmp = Path(tempfile.mkdtemp(prefix=".final.", dir=final_dir.parent))
+    try:
+        family.export(components, config, tmp)
+        save_config(config, tmp / "train_config.yaml")
+        if command:
+            (tmp / "command.txt").write_text(command + "\n")
+        if final_dir.exists():
+            shutil.rmtree(final_dir)
+        os.replace(tmp, final_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _with_ema(ema: EMA | None, unwrapped: LossModule, action) -> None:
