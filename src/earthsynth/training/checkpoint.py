@@ -18,6 +18,7 @@ import random
 import re
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -68,15 +69,28 @@ def load_rng(directory: Path, rank: int) -> bool:
     return True
 
 
-def save_checkpoint(directory: Path, model_state: dict, ema_state: dict | None, optimizer, lr_scheduler,
-                    counters: dict) -> Path:
-    """Write one checkpoint folder atomically (temp folder + rename), with the RNG of the
-    calling (main) process; other processes add theirs with `save_rng` afterwards."""
-    """Write one checkpoint folder atomically (temp folder + rename)."""
+@contextmanager
+def atomic_directory(directory: Path):
+    """Yield a temporary folder beside `directory`; on success it replaces `directory`, on
+    any error it is removed, so a reader never sees a half-written folder."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
+        yield tmp
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def save_checkpoint(directory: Path, model_state: dict, ema_state: dict | None, optimizer, lr_scheduler,
+                    counters: dict) -> Path:
+    """Write one checkpoint folder atomically, with the RNG of the calling (main) process;
+    other processes add theirs with `save_rng` afterwards."""
+    with atomic_directory(directory) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in model_state.items()}, tmp / "model.safetensors")
         if ema_state is not None:
             save_file({k: v.contiguous().cpu() for k, v in ema_state.items()}, tmp / "ema.safetensors")
@@ -84,13 +98,7 @@ def save_checkpoint(directory: Path, model_state: dict, ema_state: dict | None, 
         torch.save(lr_scheduler.state_dict(), tmp / "lr_scheduler.pt")
         save_rng(tmp, rank=0)
         (tmp / "state.json").write_text(json.dumps(counters, indent=1))
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return directory
+    return Path(directory)
 
 
 def load_checkpoint(directory: Path, model, ema, optimizer, lr_scheduler, rank: int = 0) -> dict:

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import csv
 import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,6 +27,7 @@ from earthsynth.config import RunConfig, save_config
 from earthsynth.errors import InputError
 from earthsynth.registry import Family, get_family
 from earthsynth.training.checkpoint import (
+    atomic_directory,
     list_checkpoints,
     load_checkpoint,
     prune_checkpoints,
@@ -248,19 +247,12 @@ def train(config: RunConfig, command: str = "", show_progress: bool = True) -> d
 
 def export_final(family: Family, components: dict, config: RunConfig, final_dir: Path, command: str) -> None:
     """The family's pipeline components plus the config and command that made them, written
-    to a temporary folder and renamed into place, so `final/` is never half written."""
-    tmp = Path(tempfile.mkdtemp(prefix=".final.", dir=final_dir.parent))
-    try:
+    atomically, so `final/` is never half written."""
+    with atomic_directory(final_dir) as tmp:
         family.export(components, config, tmp)
         save_config(config, tmp / "train_config.yaml")
         if command:
             (tmp / "command.txt").write_text(command + "\n")
-        if final_dir.exists():
-            shutil.rmtree(final_dir)
-        os.replace(tmp, final_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _with_ema(ema: EMA | None, unwrapped: LossModule, action) -> None:
