@@ -95,3 +95,16 @@ def test_gradient_accumulation_bf16_v_prediction_and_tensorboard(tmp_path):
     assert all(torch.isfinite(torch.tensor(loss)) for _, loss in result["losses"])
     assert list((tmp_path / "acc").rglob("events.out.tfevents.*")), "no tensorboard events written"
     assert (tmp_path / "acc" / "previews" / "step-000002.png").exists()
+
+
+def test_a_failed_write_leaves_the_old_folder_and_no_temporary(tmp_path):
+    from earthsynth.training.checkpoint import atomic_directory
+
+    target = tmp_path / "final"
+    with atomic_directory(target) as tmp:
+        (tmp / "weights.txt").write_text("first")
+    with pytest.raises(RuntimeError), atomic_directory(target) as tmp:
+        (tmp / "weights.txt").write_text("half")
+        raise RuntimeError("disk full")
+    assert (target / "weights.txt").read_text() == "first"
+    assert [p.name for p in tmp_path.iterdir()] == ["final"]
