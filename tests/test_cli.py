@@ -53,3 +53,13 @@ def test_readme_commands_are_the_ones_ci_runs():
     blocks = re.findall(r"```bash\n(.*?)\n```", readme, re.S)
     assert ci_command in blocks, "the README's test command must be exactly what .ci/run runs"
     assert any(b.startswith("bash scripts/setup.sh && .venv/bin/earthsynth ") for b in blocks)
+
+
+def test_data_export_from_the_command_line(tmp_path, capsys):
+    assert main(["data", "export", "--out", str(tmp_path / "ds"), "--format", "yolo", "--splits", "val"]) == 0
+    assert "yolo: val 4 images" in capsys.readouterr().out
+    assert len(list((tmp_path / "ds" / "yolo" / "labels" / "val").glob("*.txt"))) == 4
+    assert main(["data", "export", "--out", str(tmp_path / "ds"), "--format", "yolo", "--splits", "val"]) == 1
+    assert "exists and is not empty" in capsys.readouterr().err
+    assert main(["data", "export", "--out", str(tmp_path / "other"), "--format", "cocoa"]) == 1
+    assert capsys.readouterr().err.strip() == "earthsynth: error: --format: cocoa given; choose from coco, voc, dota, yolo, yolo-obb"

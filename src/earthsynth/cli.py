@@ -28,6 +28,20 @@ def cmd_data(args) -> int:
 
     if args.action == "summary":
         print(render_summary(tile_size=args.tile_size, min_visible=args.min_visible))
+        return 0
+    from earthsynth.data.export import EXPORT_FORMATS, export_real_tiles
+
+    if not args.out:
+        raise InputError("data export", "needs --out DIR")
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    splits = [s.strip() for s in args.splits.split(",") if s.strip()]
+    for name, chosen, allowed in (("format", formats, EXPORT_FORMATS), ("split", splits, ("train", "val", "test"))):
+        wrong = [c for c in chosen if c not in allowed]
+        if wrong or not chosen:
+            raise InputError(f"--{name}", f"{', '.join(wrong) or 'nothing'} given; choose from {', '.join(allowed)}")
+    written = export_real_tiles(args.out, formats, splits, args.tile_size, args.min_visible)
+    for fmt, counts in written.items():
+        print(f"{fmt}: {', '.join(f'{split} {n} images' for split, n in counts.items())} -> {os.path.join(args.out, fmt)}")
     return 0
 
 
@@ -69,9 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = parsers["data"]
-    p.add_argument("action", choices=["summary"])
+    p.add_argument("action", choices=["summary", "export"],
+                   help="summary: what the bundled sources hold; export: their labelled tiles as a detection dataset")
     p.add_argument("--tile-size", type=int, default=256)
-    p.add_argument("--min-visible", type=float, default=0.5)
+    p.add_argument("--min-visible", type=float, default=0.5, help="keep a box cut by a tile edge if this fraction stays")
+    p.add_argument("--out", help="export: output folder (one sub-folder per format)")
+    p.add_argument("--format", default="coco", help="export: comma-separated coco, voc, dota, yolo, yolo-obb")
+    p.add_argument("--splits", default="train,val,test", help="export: comma-separated train, val, test")
     p.set_defaults(func=cmd_data)
     return parser
 

@@ -85,20 +85,19 @@ def write_yolo(path: str | os.PathLike, boxes: Boxes, width: int, height: int,
 
 
 def write_yolo_data_yaml(dir: str | os.PathLike, class_names: Sequence[str], train: str = "images/train",
-                         val: str = "images/val") -> Path:
-    """Write `dir`/data.yaml for ultralytics: dataset root, train/val image folders, class names.
+                         val: str = "images/val", test: str | None = None,
+                         root: str | os.PathLike | None = None) -> Path:
+    """Write `dir`/data.yaml for ultralytics: dataset root, train/val(/test) image folders, class names.
 
-    `path` is written as the absolute dataset root, since ultralytics resolves a relative one
-    against its own datasets folder rather than the yaml's.
+    `path` is written as the absolute dataset root (`root`, default `dir`; a writer that
+    builds in a temporary folder names the final one), since ultralytics resolves a relative
+    one against its own datasets folder rather than the yaml's.
     """
     dir = Path(dir)
-    data = {
-        "path": str(dir.resolve()),
-        "train": train,
-        "val": val,
-        "nc": len(class_names),
-        "names": {i: name for i, name in enumerate(class_names)},
-    }
+    data = {"path": str(Path(root or dir).resolve()), "train": train, "val": val}
+    if test is not None:
+        data["test"] = test
+    data.update({"nc": len(class_names), "names": {i: name for i, name in enumerate(class_names)}})
     with atomic_write(dir / "data.yaml") as f:
         yaml.safe_dump(data, f, sort_keys=False, allow_unicode=True)
     return dir / "data.yaml"
