@@ -24,9 +24,9 @@ COMMANDS = {
 
 
 def cmd_data(args) -> int:
-    from earthsynth.data.summary import render_summary
-
     if args.action == "summary":
+        from earthsynth.data.summary import render_summary
+
         print(render_summary(tile_size=args.tile_size, min_visible=args.min_visible))
         return 0
     from earthsynth.data.export import EXPORT_FORMATS, export_real_tiles

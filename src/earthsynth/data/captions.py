@@ -28,15 +28,16 @@ def objects_phrase(class_counts: dict[str, int]) -> str:
     return ", ".join(parts) if parts else "no labelled objects"
 
 
-def land_cover_phrase(pixels: np.ndarray, band_names: tuple[str, ...] = ("red", "green", "blue", "nir")) -> str:
-    """A coarse land-cover word from pixel statistics of a (C, H, W) array in [0, 1].
+def land_cover_phrase(pixels: np.ndarray) -> str:
+    """A coarse land-cover word from pixel statistics of a (C, H, W) array in [0, 1] whose
+    bands are red, green, blue and, if there is a fourth, near-infrared.
 
     With a near-infrared band the vegetation fraction is NDVI > 0.3 and water NDVI < 0;
     for RGB alone a greenness index (green above red and blue) stands in for it.
     """
     pixels = np.asarray(pixels, dtype=np.float32)
-    if pixels.shape[0] >= 4 and "nir" in band_names[: pixels.shape[0]]:
-        red, nir = pixels[band_names.index("red")], pixels[band_names.index("nir")]
+    if pixels.shape[0] >= 4:
+        red, nir = pixels[0], pixels[3]
         ndvi = (nir - red) / np.maximum(nir + red, 1e-6)
         vegetation, water = float((ndvi > 0.3).mean()), float((ndvi < 0.0).mean())
     else:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from earthsynth.boxes import Boxes
-from earthsynth.data.geotiff import read_header
+from earthsynth.data.geotiff import RasterHeader, read_header
 from earthsynth.errors import InputError
 
 SETUP_HINT = "run `bash scripts/setup.sh` to install the bundled real data"
@@ -83,6 +83,7 @@ class SourceImage:
     boxes: Boxes | None = None
     crs: str | None = None
     kind: str = "image"  # "image" (RGB or multispectral) or "dem" (elevation, for control maps)
+    header: RasterHeader | None = None  # size, bands, dtype, CRS and GSD read from the file
 
 
 def deepforest_images() -> list[SourceImage]:
@@ -98,10 +99,11 @@ def deepforest_images() -> list[SourceImage]:
         # OSBS_029 also ships as a GeoTIFF with the same pixels: prefer it, it keeps the CRS
         tif = root / f"{image_id}.tif"
         path = tif if tif.exists() else root / f"{image_id}.png"
+        header = read_header(path)
         images.append(SourceImage(
             image_id=image_id, source="deepforest", path=path, split=split, gsd=DEEPFOREST_GSD,
             description=f"NEON airborne RGB orthophoto, {NEON_SITES[site]}",
-            annotation_path=xml, boxes=boxes, crs=read_header(path).crs,
+            annotation_path=xml, boxes=boxes, crs=header.crs, header=header,
         ))
     return images
 
@@ -122,8 +124,8 @@ def raster_sources() -> list[SourceImage]:
         scenes.append(SourceImage("olinda_dem_utm25s", "landsat", stars / "olinda_dem_utm25s.tif", "train", None,
                                   "elevation model, Olinda, Brazil", kind="dem"))
     for scene in scenes:
-        header = read_header(scene.path)
-        scene.gsd, scene.crs = header.gsd, header.crs
+        scene.header = read_header(scene.path)
+        scene.gsd, scene.crs = scene.header.gsd, scene.header.crs
     return scenes
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 from collections import Counter
 
-from earthsynth.data.geotiff import read_geotiff, read_header
+from earthsynth.data.geotiff import read_geotiff
 from earthsynth.data.sources import all_sources, earthlib_library_path, stars_dir
 from earthsynth.data.tiles import RealTiles
 
@@ -26,7 +26,7 @@ def _content(image) -> str:
 def summary_rows() -> list[dict]:
     rows = []
     for image in all_sources():
-        header = read_header(image.path)
+        header = image.header
         rows.append({
             "source": image.source, "image": image.image_id, "split": image.split,
             "size": f"{header.width}x{header.height}", "bands": f"{header.bands} {header.dtype}",

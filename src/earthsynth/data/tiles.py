@@ -53,9 +53,9 @@ class Tile:
 
 
 @lru_cache(maxsize=16)
-def load_source(path, source: str) -> tuple[np.ndarray, tuple | None, str | None, np.ndarray]:
-    """(H, W, 3) uint8 RGB, affine transform, CRS and the (C, H, W) float [0, 1] bands for
-    land-cover statistics, read once per process."""
+def load_source(path, source: str) -> tuple[np.ndarray, tuple | None, np.ndarray]:
+    """(H, W, 3) uint8 RGB, affine transform and the (C, H, W) float [0, 1] red, green, blue
+    (, near-infrared) bands for land-cover statistics, read once per process."""
     raster = read_geotiff(path)
     if source == "landsat":
         rgb = to_uint8_rgb(raster.data, bands=(2, 1, 0), stretch=True)
@@ -65,7 +65,7 @@ def load_source(path, source: str) -> tuple[np.ndarray, tuple | None, str | None
     else:
         rgb = to_uint8_rgb(raster.data[:3], nodata=raster.nodata)
         bands = rgb.transpose(2, 0, 1).astype(np.float32) / 255.0
-    return rgb, raster.transform, raster.crs, bands
+    return rgb, raster.transform, bands
 
 
 def _window_transform(transform, window, factor):
@@ -80,7 +80,7 @@ def cut_tiles(image: SourceImage, tile_size: int, factor: int = 1, overlap: int 
               min_visible: float = 0.5) -> list[Tile]:
     """Tiles of `tile_size` output pixels, each covering tile_size * factor source pixels
     (so the tile's GSD is the source GSD times `factor`), with the boxes clipped to it."""
-    rgb, transform, _crs, bands = load_source(image.path, image.source)
+    rgb, transform, bands = load_source(image.path, image.source)
     height, width = rgb.shape[:2]
     window_size = tile_size * factor
     boxes = image.boxes if image.boxes is not None else Boxes()
@@ -91,7 +91,7 @@ def cut_tiles(image: SourceImage, tile_size: int, factor: int = 1, overlap: int 
         if factor != 1:
             pixels = cv2.resize(pixels, (tile_size, tile_size), interpolation=cv2.INTER_AREA)
         tile_boxes, _ = boxes.clip(x0, y0, x1, y1, min_visible)
-        land_cover = land_cover_phrase(bands[:, y0:y1, x0:x1], ("red", "green", "blue", "nir"))
+        land_cover = land_cover_phrase(bands[:, y0:y1, x0:x1])
         tiles.append(Tile(
             source=image, window=window, factor=factor, pixels=pixels, boxes=tile_boxes.scale(1.0 / factor),
             gsd=None if image.gsd is None else image.gsd * factor,
@@ -133,14 +133,13 @@ class RealTiles(Dataset):
     def __getitem__(self, index: int) -> Sample:
         tile = self.tiles[index]
         image = tile.source
-        _rgb, _transform, crs, _bands = load_source(image.path, image.source)
         counts = tile.boxes.class_counts() if image.boxes is not None else None
         x0, y0 = tile.window[:2]
         return Sample(
             image=image_to_tensor(tile.pixels),
             boxes=tile.boxes,
             gsd=tile.gsd,
-            crs=crs,
+            crs=image.crs,
             transform=tile.transform,
             metadata={"window": tile.window, "split": image.split},
             caption=make_caption(image.description, tile.gsd, counts, tile.land_cover),
