@@ -1,0 +1,1 @@
+"""Synthetic labelled datasets: layouts -> aerogen -> filter -> writers, and the detector proof."""
