@@ -39,6 +39,9 @@ class Family:
 # name -> "module:attribute"; imported only when used, so `earthsynth --help` stays fast.
 FAMILIES: dict[str, str] = {
     "smoke": "earthsynth.generation.smoke:FAMILY",
+    "aerogen": "earthsynth.generation.aerogen:FAMILY",
+    "detector": "earthsynth.augment.detector:FAMILY",
+    "classifier": "earthsynth.augment.classifier:FAMILY",
 }
 
 

@@ -28,3 +28,16 @@ def image_grid(images: list[Image.Image], columns: int | None = None) -> Image.I
 def gsd_values(gsds: list[float | None]) -> torch.Tensor:
     """(B, 1) float tensor, NaN where the ground sample distance is unknown."""
     return torch.tensor([[np.nan if g is None else float(g)] for g in gsds], dtype=torch.float32)
+
+
+def bundled_checkpoint(name: str):
+    """The folder of a bundled default checkpoint (src/earthsynth/assets/<name>)."""
+    from pathlib import Path
+
+    from earthsynth.errors import InputError
+
+    folder = Path(__file__).resolve().parents[1] / "assets" / name
+    if not folder.is_dir():
+        raise InputError(f"assets/{name}", "bundled checkpoint missing; train it with "
+                         f"`earthsynth train configs/{name}.yaml` and pass the folder explicitly")
+    return folder
