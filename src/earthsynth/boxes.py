@@ -258,7 +258,12 @@ class Boxes:
         if not 0.0 <= min_visible <= 1.0:
             raise ValueError(f"min_visible must be in [0, 1], got {min_visible}")
         kept_rows, kept_index = [], []
-        for i, (box, quad) in enumerate(zip(self.rboxes, self.corners())):
+        corners = self.corners()
+        # only boxes whose corners reach into the window need the (slow) polygon clip
+        reaches = ((corners[..., 0].max(1) > x0) & (corners[..., 0].min(1) < x1)
+                   & (corners[..., 1].max(1) > y0) & (corners[..., 1].min(1) < y1))
+        for i in np.flatnonzero(reaches):
+            box, quad = self.rboxes[i], corners[i]
             area = box[2] * box[3]
             visible = clip_polygon_to_window(quad, x0, y0, x1, y1)
             visible_area = polygon_area(visible)
