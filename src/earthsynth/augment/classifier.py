@@ -17,7 +17,6 @@ Use:      model = load_classifier("runs/classifier/final")
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,7 +65,8 @@ def extract_crops(images: torch.Tensor, boxes_list: Sequence[Boxes], crop_size: 
     images: (B, C, H, W) float. Crops come image by image, box by box. A rotated box is
     cropped through its enclosing horizontal box; parts of a window outside the image are
     zero, so a box at the border keeps its place and scale in the crop. A window larger
-    than the crop is sampled on a k-times finer grid and averaged (anti-aliasing).
+    than the crop is sampled on a k-times finer grid and averaged (anti-aliasing); k is
+    chosen per box, so a box's crop does not depend on the other boxes of the batch.
     """
     if images.ndim != 4 or len(images) != len(boxes_list):
         raise ValueError(f"need (B, C, H, W) images and B box sets, got {tuple(images.shape)} and {len(boxes_list)}")
@@ -78,21 +78,28 @@ def extract_crops(images: torch.Tensor, boxes_list: Sequence[Boxes], crop_size: 
             owners += [i] * len(boxes)
     if not windows:
         return images.new_zeros((0, channels, crop_size, crop_size))
-    windows = torch.as_tensor(np.concatenate(windows), dtype=torch.float32, device=images.device)
-    extent = float((windows[:, 2:] - windows[:, :2]).max())
-    k = min(max(1, math.ceil(extent / crop_size)), 8)  # sub-samples per output pixel along each axis
-    n = crop_size * k
-    # centres of the n x n sample cells inside each window, in image pixels (pixel i spans [i, i+1))
-    steps = (torch.arange(n, dtype=torch.float32, device=images.device) + 0.5) / n
-    xs = windows[:, 0:1] + steps[None] * (windows[:, 2:3] - windows[:, 0:1])  # (N, n)
-    ys = windows[:, 1:2] + steps[None] * (windows[:, 3:4] - windows[:, 1:2])
-    # grid_sample with align_corners=False maps -1 / +1 to the outer edges of the image
-    gx = (2 * xs / width - 1)[:, None, :].expand(-1, n, -1)
-    gy = (2 * ys / height - 1)[:, :, None].expand(-1, -1, n)
-    grid = torch.stack([gx, gy], dim=-1).to(images.dtype)
-    source = images[torch.as_tensor(owners, device=images.device)]
-    crops = F.grid_sample(source, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return F.avg_pool2d(crops, k) if k > 1 else crops
+    windows = np.concatenate(windows)
+    owners = np.array(owners)
+    extents = (windows[:, 2:] - windows[:, :2]).max(axis=1)
+    # sub-samples per output pixel along each axis, per box
+    factors = np.clip(np.ceil(extents / crop_size), 1, 8).astype(int)
+    crops = images.new_zeros((len(windows), channels, crop_size, crop_size))
+    for k in np.unique(factors):  # one grid_sample per factor: the grid size must be shared
+        chosen = np.nonzero(factors == k)[0]
+        window = torch.as_tensor(windows[chosen], dtype=torch.float32, device=images.device)
+        n = crop_size * int(k)
+        # centres of the n x n sample cells inside each window, in image pixels (pixel i spans [i, i+1))
+        steps = (torch.arange(n, dtype=torch.float32, device=images.device) + 0.5) / n
+        xs = window[:, 0:1] + steps[None] * (window[:, 2:3] - window[:, 0:1])  # (N, n)
+        ys = window[:, 1:2] + steps[None] * (window[:, 3:4] - window[:, 1:2])
+        # grid_sample with align_corners=False maps -1 / +1 to the outer edges of the image
+        gx = (2 * xs / width - 1)[:, None, :].expand(-1, n, -1)
+        gy = (2 * ys / height - 1)[:, :, None].expand(-1, -1, n)
+        grid = torch.stack([gx, gy], dim=-1).to(images.dtype)
+        source = images[torch.as_tensor(owners[chosen], device=images.device)]
+        sampled = F.grid_sample(source, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        crops[torch.as_tensor(chosen, device=images.device)] = F.avg_pool2d(sampled, int(k)) if k > 1 else sampled
+    return crops
 
 
 # ----------------------------------------------------------------------------- model

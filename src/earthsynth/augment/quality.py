@@ -53,8 +53,10 @@ def image_quality(images: np.ndarray | torch.Tensor) -> list[dict]:
         at 1 (within half a uint8 step): pure black, pure white and fully clipped colours
         such as (1, 0, 0), the usual signs of a diverged or over-guided sample.
     std: the standard deviation over all pixels and channels (a flat image has ~0).
-    edge_energy: the mean Sobel gradient magnitude of the grey image (mean of the channels),
-        in intensity per pixel: ~0 for blank or smooth images, high for pure noise.
+    edge_energy: the mean Sobel gradient magnitude of each channel, averaged over the
+        channels, in intensity per pixel: ~0 for blank or smooth images, high for pure noise.
+        (Per channel, not on the grey image: averaging independent colour noise into grey
+        would hide most of it.)
     """
     array = to_float_chw(images)
     scores = []
@@ -66,7 +68,7 @@ def image_quality(images: np.ndarray | torch.Tensor) -> list[dict]:
             "finite": finite,
             "saturated_fraction": float(clipped.all(axis=0).mean()),
             "std": float(image.std()),
-            "edge_energy": edge_energy(np.clip(image, 0, 1).mean(axis=0)),
+            "edge_energy": float(np.mean([edge_energy(channel) for channel in np.clip(image, 0, 1)])),
         })
     return scores
 
@@ -78,10 +80,11 @@ class QualityThresholds:
     max_saturated_fraction: reject above this fraction of fully clipped pixels (real tiles:
         at most ~0.001; a few dark shadows or bright snags are fine, a blown-out image is not).
     min_std: reject flatter images (real tiles: std >= ~0.05, a blank image ~0).
-    min_edge_energy: reject images with less texture (real tiles: >= ~0.02, smooth or blank
+    min_edge_energy: reject images with less texture (real tiles: >= ~0.03, smooth or blank
         images ~0).
-    max_edge_energy: reject images busier than this (real tiles: <= ~0.1; uniform noise
-        ~0.25): a sample that stayed noise.
+    max_edge_energy: reject images busier than this (real tiles: <= ~0.09; uniform noise,
+        grey or colour, ~0.16; clipped Gaussian noise of std 0.5 ~0.2): a sample that stayed
+        noise. Faint noise over a real-looking image is not caught by this.
     duplicate_similarity: cosine similarity of DuplicateIndex signatures at and above which
         two images are near-duplicates (distinct real tiles: at most ~0.8; a copy with noise,
         a 1-2 px shift or JPEG: at least ~0.95).
@@ -90,7 +93,7 @@ class QualityThresholds:
     max_saturated_fraction: float = 0.2
     min_std: float = 0.02
     min_edge_energy: float = 0.008
-    max_edge_energy: float = 0.2
+    max_edge_energy: float = 0.12
     duplicate_similarity: float = 0.95
 
 
