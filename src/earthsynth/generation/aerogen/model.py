@@ -19,7 +19,7 @@ empty canvas, so "no layout" is one well-defined input that guidance can push aw
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -39,10 +39,21 @@ class LayoutInputs:
     tokens (B, 1 + N, D): the background token then one token per object slot.
     masks (B, 1 + N, H, W): where each token may be attended from, at image resolution
         (the background row is all ones); each layer pools it to its own resolution.
+    canvas (B, 2, H, W): the rasterised layout given as extra input channels, or None.
+    The layout is the same in every denoising step, so the pipeline builds this once per
+    call and the pooled masks are kept per layer resolution.
     """
 
     tokens: torch.Tensor
     masks: torch.Tensor
+    canvas: torch.Tensor | None = None
+    pooled: dict = field(default_factory=dict, repr=False)
+
+    def allowed(self, positions: int) -> torch.Tensor:
+        """(B, 1 + N, positions) bool: which token each position of a layer may attend to."""
+        if positions not in self.pooled:
+            self.pooled[positions] = pool_masks(self.masks, positions) > 0.5
+        return self.pooled[positions]
 
 
 class SelfAttnProcessor(AttnProcessor2_0):
@@ -94,7 +105,7 @@ class LayoutAttnProcessor(nn.Module):
         out = F.scaled_dot_product_attention(query, split_heads(attn.to_k(text)), split_heads(attn.to_v(text)),
                                              attn_mask=attention_mask)
         if layout is not None:
-            allowed = pool_masks(layout.masks.to(query.dtype), positions) > 0.5  # (B, K, HW)
+            allowed = layout.allowed(positions)  # (B, K, HW)
             bias = torch.zeros(allowed.shape, dtype=query.dtype, device=query.device)
             bias = bias.masked_fill(~allowed, float("-inf")).transpose(1, 2)[:, None]  # (B, 1, HW, K)
             tokens = layout.tokens.to(query.dtype)
@@ -162,13 +173,20 @@ class AeroGenUNet(ModelMixin, ConfigMixin):
                     processors[f"{name}.processor"] = SelfAttnProcessor()
         self.unet.set_attn_processor(processors)
 
-    def forward(self, sample, timestep, text_tokens, text_mask, layout_tokens, corners, valid):
-        height, width = sample.shape[-2:]
+    def prepare_layout(self, layout_tokens, corners, valid, height: int, width: int) -> LayoutInputs:
+        """Rasterise the layout once: object masks, their pooled versions and the canvas."""
         object_masks = rasterize_quads(corners, valid, height, width)  # (B, N, H, W)
         background = torch.ones_like(object_masks[:, :1])
-        layout = LayoutInputs(tokens=layout_tokens, masks=torch.cat([background, object_masks], dim=1))
-        if self.config.use_canvas:
-            sample = torch.cat([sample, layout_canvas(object_masks).to(sample.dtype)], dim=1)
+        canvas = layout_canvas(object_masks) if self.config.use_canvas else None
+        return LayoutInputs(tokens=layout_tokens, masks=torch.cat([background, object_masks], dim=1), canvas=canvas)
+
+    def forward(self, sample, timestep, text_tokens, text_mask, layout_tokens=None, corners=None, valid=None,
+                layout: LayoutInputs | None = None):
+        """Either layout_tokens + corners + valid, or a LayoutInputs from prepare_layout."""
+        if layout is None:
+            layout = self.prepare_layout(layout_tokens, corners, valid, *sample.shape[-2:])
+        if layout.canvas is not None:
+            sample = torch.cat([sample, layout.canvas.to(sample.dtype)], dim=1)
         return self.unet(sample, timestep, encoder_hidden_states=text_tokens, encoder_attention_mask=text_mask,
                          cross_attention_kwargs={"layout": layout}).sample
 

@@ -165,8 +165,8 @@ class AeroGenPipeline(DiffusionPipeline):
         latents = latents.to(self.device, self.unet.dtype)
         return latents * self.scheduler.init_noise_sigma
 
-    def denoise(self, latents, t, text, text_mask, layout, corners, visible):
-        return self.unet(self.scheduler.scale_model_input(latents, t), t, text, text_mask, layout, corners, visible)
+    def denoise(self, latents, t, text, text_mask, layout):
+        return self.unet(self.scheduler.scale_model_input(latents, t), t, text, text_mask, layout=layout)
 
     @torch.no_grad()
     def __call__(
@@ -200,7 +200,9 @@ class AeroGenPipeline(DiffusionPipeline):
         if guidance_scale != 1.0 or layout_guidance_scale is not None:
             passes.append((null_text, null_mask, null_layout, hidden))
         stacked = [torch.cat(parts) for parts in zip(*passes)]
-        stacked_corners = corners.repeat(len(passes), 1, 1, 1)
+        # the layout is the same in every step: rasterise and pool it once
+        layout_inputs = self.unet.prepare_layout(stacked[2], corners.repeat(len(passes), 1, 1, 1), stacked[3],
+                                                 height, width)
 
         # 3. noise and timesteps
         self.scheduler.set_timesteps(num_inference_steps, device=self.device)
@@ -209,7 +211,7 @@ class AeroGenPipeline(DiffusionPipeline):
         # 4. denoising loop
         for t in self.progress_bar(self.scheduler.timesteps):
             model_in = latents.repeat(len(passes), 1, 1, 1)
-            out = self.denoise(model_in, t, stacked[0], stacked[1], stacked[2], stacked_corners, stacked[3])
+            out = self.denoise(model_in, t, stacked[0], stacked[1], layout_inputs)
             outs = out.chunk(len(passes))
             if len(passes) == 1:
                 guided = outs[0]
