@@ -60,7 +60,52 @@ def cmd_train(args) -> int:
     return 0
 
 
-NOT_BUILT = ("generate", "augment", "evaluate", "denoise", "upscale", "app", "bench")
+def cmd_augment(args) -> int:
+    from earthsynth.augment.run import AugmentConfig, run_augment
+    from earthsynth.config import apply_override, from_dict
+
+    if args.demo == bool(args.data):
+        raise InputError("augment", "give either --data PATH --format FMT or --demo")
+    if args.data and not args.format:
+        raise InputError("augment", "--data needs --format (voc, coco, dota, yolo, yolo-obb or csv)")
+    tree: dict = {}
+    if args.config:
+        from pathlib import Path
+
+        import yaml
+
+        try:
+            tree = yaml.safe_load(Path(args.config).read_text()) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise InputError(args.config, f"cannot read the augment config ({str(err).splitlines()[0]})") from None
+    for override in args.overrides:
+        apply_override(tree, override)
+    if args.demo:  # the bundled tiles, models and every output format
+        tree.setdefault("num_images", 32)
+        tree.setdefault("out_formats", ["coco", "dota", "yolo", "yolo-obb", "voc"])
+    flags = {"num_images": args.num_images, "model": args.model, "seed": args.seed}
+    for key, value in flags.items():
+        if value is not None:
+            tree[key] = value
+    if args.out_format:
+        tree["out_formats"] = [f.strip() for f in args.out_format.split(",") if f.strip()]
+    for item in args.per_class or []:
+        name, _, count = item.partition("=")
+        if not name or not count.isdigit():
+            raise InputError(f"--per-class {item}", "expected NAME=N, e.g. --per-class Dead=200")
+        tree.setdefault("per_class", {})[name] = int(count)
+    config = from_dict(AugmentConfig, tree, args.config or "augment")
+    summary = run_augment(args.out, config, data=args.data, fmt=args.format)
+    if summary:
+        print(f"{summary['accepted']} of {summary['candidates']} candidates accepted "
+              f"({summary['timing']['total_s']} s) -> {args.out}: {', '.join(config.out_formats)}, manifest.jsonl, report.html")
+        if summary["accepted"] < config.num_images:
+            print(f"earthsynth: warning: only {summary['accepted']} of {config.num_images} wanted images passed the filter; "
+                  "raise max_candidates or relax the filter thresholds", file=sys.stderr)
+    return 0
+
+
+NOT_BUILT = ("generate", "evaluate", "denoise", "upscale", "app", "bench")
 
 
 def not_built(args) -> int:
@@ -82,6 +127,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", help="overrides output_dir")
     p.set_defaults(func=cmd_train)
 
+    p = parsers["augment"]
+    p.add_argument("--demo", action="store_true", help="the bundled real tiles and default models, 32 images")
+    p.add_argument("--data", help="the real labelled dataset (folder, or a COCO json / deepforest csv)")
+    p.add_argument("--format", help="its format: voc, coco, dota, yolo, yolo-obb, csv")
+    p.add_argument("--out", required=True, help="output folder; rerunning with the same folder resumes")
+    p.add_argument("--num-images", type=int, help="accepted images to write (default 64, --demo 32)")
+    p.add_argument("--per-class", action="append", metavar="NAME=N",
+                   help="objects of a class wanted over all candidates (rebalance rare classes); repeatable")
+    p.add_argument("--model", help="aerogen pipeline folder (default: the bundled one)")
+    p.add_argument("--out-format", help="comma-separated coco, dota, yolo, yolo-obb, voc (default coco)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--config", help="YAML with augment settings and filter thresholds (see configs/augment.yaml)")
+    p.add_argument("overrides", nargs="*", help="key=value settings, e.g. filter.min_recall=0.6 steps=10")
+    p.set_defaults(func=cmd_augment)
+
     p = parsers["data"]
     p.add_argument("action", choices=["summary", "export"],
                    help="summary: what the bundled sources hold; export: their labelled tiles as a detection dataset")
@@ -100,6 +160,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
+    if isinstance(getattr(args, "overrides", None), list):
+        # key=value settings may come between options, where argparse leaves them unparsed
+        settings = [item for item in unknown if "=" in item and not item.startswith("-")]
+        args.overrides += settings
+        unknown = [item for item in unknown if item not in settings]
     if unknown and args.command not in NOT_BUILT:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:

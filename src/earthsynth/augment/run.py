@@ -1,0 +1,346 @@
+"""`earthsynth augment`: a small labelled detection dataset -> a larger, filtered, synthetic one.
+
+    real tiles -> layout sampler -> aerogen -> filter (detector, classifier, quality) -> writers
+
+Output folder:
+    augment_config.yaml   the settings (a rerun with other settings is refused)
+    sampler.json          the fitted layout statistics; layouts.jsonl every candidate's layout
+    candidates/NNNNNN.png every generated image, accepted or not
+    manifest.jsonl        per candidate: seed, prompt, layout, model, filter scores and reasons
+    coco/ dota/ ...       the accepted images as datasets (one folder per --out-format)
+    run.json, report.html, report.png
+
+Candidate i is fully determined by (seed, i): its layout is the i-th of one seeded draw, its
+noise comes from its own generator. So a rerun with the same --out skips the candidates the
+manifest already holds, and under `accelerate launch` process r takes the candidates with
+i % world == r; the main process merges the shards into one dataset at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from PIL import Image
+from tqdm.auto import tqdm
+
+from earthsynth.augment.filter import FilterConfig, SampleFilter
+from earthsynth.augment.layouts import LayoutRecord, LayoutSampler, layout_statistics, save_layouts
+from earthsynth.boxes import Boxes
+from earthsynth.data.captions import land_cover_phrase, make_caption
+from earthsynth.data.export import EXPORT_FORMATS, DatasetWriter
+from earthsynth.errors import InputError
+
+INPUT_FORMATS = ("voc", "coco", "dota", "yolo", "yolo-obb", "csv")
+
+
+@dataclass
+class AugmentConfig:
+    num_images: int = 64  # accepted images to write
+    max_candidates: int = 0  # give up after this many candidates; 0 = 4 x num_images
+    seed: int = 0
+    model: str = ""  # aerogen pipeline folder; "" = the bundled one
+    detector: str = ""  # compact detector folder for the filter; "" = bundled
+    classifier: str = ""  # crop classifier folder for the filter; "" = bundled
+    out_formats: list[str] = field(default_factory=lambda: ["coco"])
+    per_class: dict = field(default_factory=dict)  # class -> objects wanted over all candidates (rebalancing)
+    resample: int = 2  # source pixels per generated pixel when tiling the input (0.1 m data -> 0.2 m model)
+    min_visible: float = 0.5  # a box cut by a tile edge stays if this fraction is inside
+    gsd: float = 0.0  # m/px of the input images (0 = unknown); written to DOTA headers and prompts
+    description: str = "aerial RGB image"  # prompt prefix for user datasets
+    steps: int = 20
+    guidance_scale: float = 4.0
+    batch_size: int = 16
+    augmented_fraction: float = 0.5  # share of layouts that are augmented real layouts
+    max_overlap: float = 0.3
+    max_objects: int = 30
+    filter: FilterConfig = field(default_factory=FilterConfig)
+
+
+@dataclass
+class RealTile:
+    image_id: str
+    pixels: np.ndarray  # (H, W, 3) uint8
+    boxes: Boxes
+    description: str
+    gsd: float | None
+    land_cover: str
+
+
+# ----------------------------------------------------------------------------- real data
+def demo_tiles(size: int) -> list[RealTile]:
+    """The bundled training tiles the default models were trained on (0.2 m/px)."""
+    from earthsynth.data.tiles import RealTiles
+
+    tiles = RealTiles("train", tile_size=size, gsd_factors=(2,)).tiles
+    return [RealTile(f"{t.source.image_id}_x{t.window[0]}_y{t.window[1]}", t.pixels, t.boxes, t.source.description,
+                     t.gsd, t.land_cover) for t in tiles]
+
+
+def dataset_tiles(root: str, fmt: str, size: int, config: AugmentConfig) -> list[RealTile]:
+    """A user's dataset cut into windows of size * resample pixels, resized to `size`."""
+    import cv2
+
+    from earthsynth.data.annotations import read_dataset
+    from earthsynth.data.geotiff import read_geotiff, to_uint8_rgb
+    from earthsynth.data.tiles import tile_windows
+
+    if fmt not in INPUT_FORMATS:
+        raise InputError(f"--format {fmt}", f"choose one of {', '.join(INPUT_FORMATS)}")
+    records = read_dataset(root, fmt)
+    if not records:
+        raise InputError(root, f"no annotated images found as {fmt}")
+    window = size * config.resample
+    tiles = []
+    gsd = config.gsd * config.resample if config.gsd else None
+    for record in records:
+        raster = read_geotiff(record["image_path"])
+        rgb = to_uint8_rgb(raster.data[:3] if raster.data.shape[0] >= 3 else raster.data[[0, 0, 0]], nodata=raster.nodata)
+        windows = tile_windows(rgb.shape[1], rgb.shape[0], window)
+        for x0, y0, x1, y1 in windows:
+            pixels = cv2.resize(rgb[y0:y1, x0:x1], (size, size), interpolation=cv2.INTER_AREA)
+            boxes, _ = record["boxes"].clip(x0, y0, x1, y1, config.min_visible)
+            bands = pixels.transpose(2, 0, 1).astype(np.float32) / 255
+            tiles.append(RealTile(f"{record['image_id']}_x{x0}_y{y0}", pixels, boxes.scale(1 / config.resample),
+                                  config.description, gsd, land_cover_phrase(bands)))
+    if not tiles:
+        raise InputError(root, f"every image is smaller than one {window} px window (the model's {size} px "
+                         f"x resample {config.resample}); lower `resample`")
+    return tiles
+
+
+# ----------------------------------------------------------------------------- models
+def aerogen_folder(config: AugmentConfig) -> tuple[Path, int]:
+    """The aerogen pipeline folder and the image size its UNet was trained at (read from its
+    config, so a bad dataset is reported before any model loads)."""
+    from earthsynth.generation.common import bundled_checkpoint
+
+    model_dir = Path(config.model) if config.model else bundled_checkpoint("aerogen")
+    unet_config = model_dir / "unet" / "config.json"
+    if not (model_dir / "model_index.json").is_file() or not unet_config.is_file():
+        raise InputError(model_dir, "not an aerogen pipeline folder (no model_index.json and unet/config.json)")
+    try:
+        size = int(json.loads(unet_config.read_text())["sample_size"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise InputError(unet_config, f"cannot read the image size ({err})") from None
+    return model_dir, size
+
+
+def load_models(config: AugmentConfig, model_dir: Path):
+    from earthsynth.augment.classifier import load_classifier
+    from earthsynth.augment.detector import load_detector
+    from earthsynth.generation.aerogen import AeroGenPipeline
+    from earthsynth.generation.common import bundled_checkpoint
+
+    pipe = AeroGenPipeline.from_pretrained(model_dir)
+    pipe.set_progress_bar_config(disable=True)
+    detector = load_detector(config.detector or bundled_checkpoint("detector"))
+    classifier = load_classifier(config.classifier or bundled_checkpoint("classifier"))
+    return pipe, detector.eval(), classifier.eval()
+
+
+# ----------------------------------------------------------------------------- resume state
+def read_jsonl_tolerant(path: Path) -> list[dict]:
+    """Records of a manifest shard; a last line cut short by a crash is dropped."""
+    records = []
+    lines = path.read_text().splitlines()
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number != len(lines):
+                raise InputError(path, f"line {number}: not valid JSON; delete the output folder to start over") from None
+    return records
+
+
+def check_same_settings(out: Path, config: AugmentConfig) -> None:
+    """A rerun may ask for more images, nothing else may change."""
+    saved_path = out / "augment_config.yaml"
+    wanted = asdict(config)
+    if saved_path.exists():
+        saved = yaml.safe_load(saved_path.read_text()) or {}
+        changed = sorted(k for k in set(saved) | set(wanted)
+                         if k not in ("num_images", "max_candidates", "out_formats") and saved.get(k) != wanted.get(k))
+        if changed:
+            raise InputError(out, f"was made with other settings ({', '.join(changed)}); use a new --out")
+
+
+# ----------------------------------------------------------------------------- the job
+def candidate_prompt(layout: LayoutRecord, tile: RealTile) -> str:
+    """The caption format the model was trained on, with the layout's object counts."""
+    return make_caption(tile.description, tile.gsd, layout.boxes.class_counts(), tile.land_cover)
+
+
+def run_augment(out: str | Path, config: AugmentConfig, data: str | None = None, fmt: str | None = None,
+                show_progress: bool = True) -> dict:
+    """Generate, filter and write; returns the run summary (also written to run.json)."""
+    from accelerate import PartialState
+
+    from earthsynth.augment.report import write_report
+
+    started = time.perf_counter()
+    state = PartialState()
+    out = Path(out)
+    unknown = [f for f in config.out_formats if f not in EXPORT_FORMATS]
+    if unknown or not config.out_formats:
+        raise InputError("--out-format", f"{', '.join(unknown) or 'nothing'} given; choose from {', '.join(EXPORT_FORMATS)}")
+    if config.num_images < 1:
+        raise InputError("--num-images", "must be at least 1")
+    if out.exists() and any(out.iterdir()) and not (out / "augment_config.yaml").exists():
+        raise InputError(out, "exists, is not empty and is not an earthsynth augment output; choose another --out")
+    check_same_settings(out, config)
+
+    model_dir, size = aerogen_folder(config)
+    tiles = demo_tiles(size) if data is None else dataset_tiles(data, fmt, size, config)
+    pipe, detector, classifier = load_models(config, model_dir)
+    model_name = str(model_dir)
+    max_candidates = config.max_candidates or 4 * config.num_images
+
+    # layouts: fitted on the real tiles, one seeded draw for all candidates (and all processes)
+    sampler = LayoutSampler.fit([(t.image_id, size, size, t.boxes) for t in tiles])
+    known = set(sampler.classes)
+    for name in config.per_class:
+        if name not in known:
+            raise InputError(f"--per-class {name}", f"unknown class; the dataset has {', '.join(sorted(known))}")
+    layouts = sampler.sample(max_candidates, np.random.default_rng(config.seed), size, size,
+                             per_class={k: int(v) for k, v in config.per_class.items()} or None,
+                             max_objects=min(config.max_objects, pipe.layout_encoder.config.max_objects),
+                             max_overlap=config.max_overlap, augmented_fraction=config.augmented_fraction)
+    prompt_rng = np.random.default_rng(config.seed + 1)
+    prompt_tiles = [tiles[k] for k in prompt_rng.integers(0, len(tiles), max_candidates)]
+
+    if state.is_main_process:
+        (out / "candidates").mkdir(parents=True, exist_ok=True)
+        (out / "augment_config.yaml").write_text(yaml.safe_dump(asdict(config), sort_keys=False))
+        sampler.save(out / "sampler.json")
+        save_layouts(out / "layouts.jsonl", layouts)
+    state.wait_for_everyone()
+
+    # what earlier runs (any number of processes) already did
+    done: dict[int, dict] = {}
+    for shard in sorted(out.glob("manifest.rank*.jsonl")):
+        for record in read_jsonl_tolerant(shard):
+            done[record["index"]] = record
+    rank, world = state.process_index, state.num_processes
+    quota = math.ceil(config.num_images / world)
+    mine = [i for i in range(rank, max_candidates, world)]
+    accepted = sum(1 for i in mine if i in done and done[i]["accepted"])
+    todo = [i for i in mine if i not in done]
+
+    filt = SampleFilter(config.filter, detector, classifier)
+    for tile in tiles:
+        filt.add_reference(f"real:{tile.image_id}", tile.pixels)
+    for i in sorted(done):  # accepted images of earlier runs are references too
+        if done[i]["accepted"] and (out / done[i]["file"]).exists():
+            filt.add_reference(done[i]["image_id"], np.asarray(Image.open(out / done[i]["file"]).convert("RGB")))
+
+    timing = {"generate_s": 0.0, "filter_s": 0.0, "generated": 0}
+    progress = tqdm(total=quota, initial=min(accepted, quota), desc=f"augment [{rank}]" if world > 1 else "augment",
+                    disable=not show_progress or not state.is_local_main_process, unit="img")
+    shard_path = out / f"manifest.rank{rank}.jsonl"
+    with open(shard_path, "a") as shard:
+        position = 0
+        while accepted < quota and position < len(todo):
+            batch = todo[position:position + config.batch_size]
+            position += len(batch)
+            seeds = [config.seed * 1_000_003 + i for i in batch]
+            generators = [torch.Generator().manual_seed(s) for s in seeds]
+            prompts = [candidate_prompt(layouts[i], prompt_tiles[i]) for i in batch]
+            t0 = time.perf_counter()
+            result = pipe(prompts, [layouts[i].boxes for i in batch], None, size, size, config.steps,
+                          config.guidance_scale, generator=generators, output_type="pt")
+            t1 = time.perf_counter()
+            keys = [f"synth_{i:06d}" for i in batch]
+            verdicts = filt(result.images.float(), [layouts[i].boxes for i in batch], keys)
+            timing["filter_s"] += time.perf_counter() - t1
+            timing["generate_s"] += t1 - t0
+            timing["generated"] += len(batch)
+            pixels = (result.images.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+            for i, key, seed, prompt, image, verdict in zip(batch, keys, seeds, prompts, pixels, verdicts):
+                file = f"candidates/{i:06d}.png"
+                Image.fromarray(image).save(out / file)
+                boxes = layouts[i].boxes
+                record = {"index": i, "image_id": key, "file": file, "seed": seed, "prompt": prompt,
+                          "origin": layouts[i].origin,
+                          "layout": {"rboxes": boxes.rboxes.round(3).tolist(), "labels": boxes.labels,
+                                     "rotated": bool(boxes.rotated)},
+                          **verdict, "model": model_name, "rank": rank}
+                shard.write(json.dumps(record) + "\n")
+                shard.flush()
+                if verdict["accepted"] and accepted < quota:
+                    accepted += 1
+                    progress.update(1)
+            progress.set_postfix(candidates=len(mine) - len(todo) + position)
+    progress.close()
+    state.wait_for_everyone()
+
+    summary = {}
+    if state.is_main_process:
+        summary = finish(out, config, sampler, tiles, size, model_name, timing, started)
+        write_report(out, load_records(out), summary)
+    state.wait_for_everyone()
+    return summary
+
+
+def load_records(out: Path) -> list[dict]:
+    records: dict[int, dict] = {}
+    for shard in sorted(out.glob("manifest.rank*.jsonl")):
+        for record in read_jsonl_tolerant(shard):
+            records[record["index"]] = record
+    return [records[i] for i in sorted(records)]
+
+
+def record_boxes(record: dict) -> Boxes:
+    layout = record["layout"]
+    return Boxes(np.asarray(layout["rboxes"], dtype=np.float64).reshape(-1, 5), layout["labels"],
+                 rotated=layout.get("rotated", False))
+
+
+def finish(out: Path, config: AugmentConfig, sampler: LayoutSampler, tiles: list[RealTile], size: int,
+           model_name: str, timing: dict, started: float) -> dict:
+    """Merge the shards: the first num_images accepted candidates by index become the dataset."""
+    records = load_records(out)
+    chosen = [r for r in records if r["accepted"]][: config.num_images]
+    gsd = next((t.gsd for t in tiles if t.gsd), None)
+    t0 = time.perf_counter()
+    for fmt in config.out_formats:
+        staging = out / f".{fmt}.new"
+        shutil.rmtree(staging, ignore_errors=True)
+        with DatasetWriter(staging, fmt, sampler.classes) as writer:
+            for record in chosen:
+                pixels = np.asarray(Image.open(out / record["file"]).convert("RGB"))
+                writer.add("train", record["image_id"], pixels, record_boxes(record), gsd=gsd,
+                           image_source="earthsynth aerogen")
+        if (out / fmt).exists():
+            shutil.rmtree(out / fmt)
+        staging.rename(out / fmt)
+    # one merged manifest, written whole then moved into place
+    manifest_tmp = out / ".manifest.jsonl.tmp"
+    manifest_tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    os.replace(manifest_tmp, out / "manifest.jsonl")
+
+    real = layout_statistics([(t.image_id, size, size, t.boxes) for t in tiles])
+    synthetic = layout_statistics([(r["image_id"], size, size, record_boxes(r)) for r in chosen])
+    total = time.perf_counter() - started
+    summary = {
+        "candidates": len(records), "accepted": len(chosen), "wanted": config.num_images,
+        "real": {"images": real["images"], "objects_per_image": real["mean_objects_per_image"],
+                 "class_counts": {k: v["objects"] for k, v in real["classes"].items()}},
+        "synthetic": {"images": synthetic["images"], "objects_per_image": synthetic["mean_objects_per_image"],
+                      "class_counts": {k: v["objects"] for k, v in synthetic["classes"].items()}},
+        "timing": {"total_s": round(total, 1), "generate_s": round(timing["generate_s"], 1),
+                   "filter_s": round(timing["filter_s"], 1), "write_s": round(time.perf_counter() - t0, 1),
+                   "images_per_s": round(timing["generated"] / max(timing["generate_s"], 1e-9), 2)},
+        "model": model_name, "seed": config.seed, "num_images": config.num_images, "formats": config.out_formats,
+        "thresholds": asdict(config.filter), "image_size": size, "gsd": gsd,
+    }
+    (out / "run.json").write_text(json.dumps(summary, indent=2))
+    return summary
