@@ -105,7 +105,24 @@ def cmd_augment(args) -> int:
     return 0
 
 
-NOT_BUILT = ("generate", "evaluate", "denoise", "upscale", "app", "bench")
+def cmd_evaluate(args) -> int:
+    from earthsynth.augment.evaluate import EvaluateConfig, format_table, run_evaluate
+
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise InputError(f"--seeds {args.seeds}", "expected comma-separated integers, e.g. 0,1,2") from None
+    config = EvaluateConfig(synthetic=args.synthetic, real_fraction=args.real_fraction, seeds=seeds,
+                            max_steps=args.steps or 0, detector_config=args.detector_config or "")
+    summary = run_evaluate(args.out, config)
+    print(format_table(summary))
+    print(f"filtered - real: {summary['filtered_minus_real_mAP50_points']:+.1f} mAP50 points; "
+          f"filtered - unfiltered: {summary['filtered_minus_unfiltered_mAP50_points']:+.1f}; "
+          f"written to {args.out}/evaluate.json")
+    return 0
+
+
+NOT_BUILT = ("generate", "denoise", "upscale", "app", "bench")
 
 
 def not_built(args) -> int:
@@ -141,6 +158,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML with augment settings and filter thresholds (see configs/augment.yaml)")
     p.add_argument("overrides", nargs="*", help="key=value settings, e.g. filter.min_recall=0.6 steps=10")
     p.set_defaults(func=cmd_augment)
+
+    p = parsers["evaluate"]
+    p.add_argument("--synthetic", required=True, help="an `earthsynth augment` output folder")
+    p.add_argument("--out", required=True, help="folder for the trained detectors and evaluate.json")
+    p.add_argument("--real-fraction", type=float, default=0.25, help="share of the real training tiles (default 0.25)")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    p.add_argument("--steps", type=int, help="detector training steps (default: the bundled detector's recipe)")
+    p.add_argument("--detector-config", help="detector training recipe YAML (default: the bundled detector's)")
+    p.set_defaults(func=cmd_evaluate)
 
     p = parsers["data"]
     p.add_argument("action", choices=["summary", "export"],

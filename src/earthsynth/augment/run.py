@@ -304,6 +304,22 @@ def record_boxes(record: dict) -> Boxes:
                  rotated=layout.get("rotated", False))
 
 
+def write_candidates(out: Path, records: list[dict], destination: Path, fmt: str, class_names: list[str],
+                     gsd: float | None) -> None:
+    """Candidates of an augment folder as a `fmt` dataset at `destination`, replacing what
+    was there only once the new one is complete."""
+    staging = destination.parent / f".{destination.name}.new"
+    shutil.rmtree(staging, ignore_errors=True)
+    with DatasetWriter(staging, fmt, class_names) as writer:
+        for record in records:
+            pixels = np.asarray(Image.open(out / record["file"]).convert("RGB"))
+            writer.add("train", record["image_id"], pixels, record_boxes(record), gsd=gsd,
+                       image_source="earthsynth aerogen")
+    if destination.exists():
+        shutil.rmtree(destination)
+    staging.rename(destination)
+
+
 def finish(out: Path, config: AugmentConfig, sampler: LayoutSampler, tiles: list[RealTile], size: int,
            model_name: str, timing: dict, started: float) -> dict:
     """Merge the shards: the first num_images accepted candidates by index become the dataset."""
@@ -312,16 +328,7 @@ def finish(out: Path, config: AugmentConfig, sampler: LayoutSampler, tiles: list
     gsd = next((t.gsd for t in tiles if t.gsd), None)
     t0 = time.perf_counter()
     for fmt in config.out_formats:
-        staging = out / f".{fmt}.new"
-        shutil.rmtree(staging, ignore_errors=True)
-        with DatasetWriter(staging, fmt, sampler.classes) as writer:
-            for record in chosen:
-                pixels = np.asarray(Image.open(out / record["file"]).convert("RGB"))
-                writer.add("train", record["image_id"], pixels, record_boxes(record), gsd=gsd,
-                           image_source="earthsynth aerogen")
-        if (out / fmt).exists():
-            shutil.rmtree(out / fmt)
-        staging.rename(out / fmt)
+        write_candidates(out, chosen, out / fmt, fmt, sampler.classes, gsd)
     # one merged manifest, written whole then moved into place
     manifest_tmp = out / ".manifest.jsonl.tmp"
     manifest_tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
