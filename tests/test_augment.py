@@ -211,3 +211,38 @@ def test_evaluate_trains_the_three_conditions_and_writes_the_table(models, tmp_p
     with pytest.raises(InputError) as err:
         run_evaluate(tmp_path / "e2", EvaluateConfig(synthetic=str(tmp_path), detector_config=str(recipe)))
     assert_input_error(err, tmp_path, "not an `earthsynth augment` output folder")
+
+
+def test_two_processes_take_disjoint_shards_and_merge_into_one_dataset(models, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    accelerate = Path(sys.executable).parent / "accelerate"
+    if not accelerate.exists():
+        pytest.skip("accelerate CLI not installed beside this python")
+    data = small_coco_dataset(tmp_path / "data")
+    args = ["augment", "--data", str(data), "--format", "coco", "--num-images", "4", "resample=1",
+            "max_candidates=6", *cli_flags(models)]
+    launched = subprocess.run([str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
+                               "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "earthsynth.cli",
+                               *args, "--out", str(tmp_path / "two")], capture_output=True, text=True, timeout=300)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    two = tmp_path / "two"
+    shards = {rank: [json.loads(line)["index"] for line in (two / f"manifest.rank{rank}.jsonl").read_text().splitlines()]
+              for rank in (0, 1)}
+    assert shards == {0: [0, 2], 1: [1, 3]}
+    coco = COCO(str(two / "coco" / "annotations" / "instances_train.json"))
+    assert len(coco.getImgIds()) == 4
+
+    from earthsynth.cli import main
+
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    for a, b in zip(load_records(tmp_path / "one"), load_records(two)):
+        assert a["index"] == b["index"] and a["layout"] == b["layout"] and a["prompt"] == b["prompt"]
+        pixels_a = np.asarray(Image.open(tmp_path / "one" / a["file"]), dtype=int)
+        pixels_b = np.asarray(Image.open(two / b["file"]), dtype=int)
+        assert np.abs(pixels_a - pixels_b).max() <= 1  # batch composition changes float rounding only

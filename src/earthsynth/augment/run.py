@@ -187,7 +187,8 @@ def run_augment(out: str | Path, config: AugmentConfig, data: str | None = None,
     from earthsynth.augment.report import write_report
 
     started = time.perf_counter()
-    state = PartialState()
+    # several processes without a GPU (accelerate launch --multi_gpu, torchrun): gloo on the CPU
+    state = PartialState(cpu=int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available())
     out = Path(out)
     unknown = [f for f in config.out_formats if f not in EXPORT_FORMATS]
     if unknown or not config.out_formats:
