@@ -202,7 +202,7 @@ def run_augment(out: str | Path, config: AugmentConfig, data: str | None = None,
     model_dir, size = aerogen_folder(config)
     tiles = demo_tiles(size) if data is None else dataset_tiles(data, fmt, size, config)
     pipe, detector, classifier = load_models(config, model_dir)
-    model_name = str(model_dir)
+    model_name = config.model or "bundled aerogen"  # no machine path in the outputs of the default run
     max_candidates = config.max_candidates or 4 * config.num_images
 
     # layouts: fitted on the real tiles, one seeded draw for all candidates (and all processes)
