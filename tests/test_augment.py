@@ -246,3 +246,14 @@ def test_two_processes_take_disjoint_shards_and_merge_into_one_dataset(models, t
         pixels_a = np.asarray(Image.open(tmp_path / "one" / a["file"]), dtype=int)
         pixels_b = np.asarray(Image.open(two / b["file"]), dtype=int)
         assert np.abs(pixels_a - pixels_b).max() <= 1  # batch composition changes float rounding only
+
+
+def test_configs_augment_yaml_states_the_defaults():
+    from pathlib import Path
+
+    import yaml
+
+    from earthsynth.config import from_dict
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "augment.yaml"
+    assert from_dict(AugmentConfig, yaml.safe_load(path.read_text()), str(path)) == AugmentConfig()

@@ -37,6 +37,7 @@ class FilterConfig:
     max_saturated_fraction: float = QualityThresholds.max_saturated_fraction
     min_std: float = QualityThresholds.min_std
     min_edge_energy: float = QualityThresholds.min_edge_energy
+    max_edge_energy: float = QualityThresholds.max_edge_energy
     duplicate_similarity: float = QualityThresholds.duplicate_similarity
 
 
