@@ -28,6 +28,7 @@ import numpy as np
 
 from earthsynth.boxes import Boxes, normalize_angle, rbox_to_corners
 from earthsynth.data.common import atomic_write
+from earthsynth.data.jsonl import read_jsonl
 from earthsynth.errors import InputError
 
 DENSITY_BINS = 8  # the density map of box centres is DENSITY_BINS x DENSITY_BINS cells
@@ -561,21 +562,9 @@ def save_layouts(path: str | os.PathLike, layouts: Sequence[LayoutRecord]) -> No
 
 def load_layouts(path: str | os.PathLike) -> list[LayoutRecord]:
     """Read a JSONL file of layouts; a malformed line raises an InputError naming file and line."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(path, "layouts file not found") from None
     layouts = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
+    for number, d in read_jsonl(path):
         where = f"line {number}"
-        try:
-            d = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise InputError(path, f"{where}: not valid JSON ({err.msg})") from None
-        if not isinstance(d, dict):
-            raise InputError(path, f"{where}: expected a JSON object")
         missing = [key for key in ("width", "height", "rboxes", "labels") if key not in d]
         if missing:
             raise InputError(path, f"{where}: missing {', '.join(missing)}")

@@ -24,6 +24,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from earthsynth.boxes import Boxes
 from earthsynth.data.common import atomic_write
+from earthsynth.data.jsonl import read_jsonl
 from earthsynth.errors import InputError
 
 CHECKS = ("quality", "layout", "semantic", "duplicate")  # the filter's checks, in pipeline order
@@ -52,21 +53,8 @@ def load_manifest(path: str | os.PathLike) -> list[dict]:
     Every non-blank line must be a JSON object with an integer "index", a boolean "accepted"
     and, if present, a valid "layout"; otherwise an InputError names the file and the line.
     """
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as err:
-        raise InputError(path, f"cannot read the manifest ({err.strerror or err})") from None
     records = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise InputError(path, f"line {number}: not valid JSON ({err.msg})") from None
-        if not isinstance(record, dict):
-            raise InputError(path, f"line {number}: expected a JSON object, got {type(record).__name__}")
+    for number, record in read_jsonl(path):
         if not isinstance(record.get("index"), int) or isinstance(record.get("index"), bool):
             raise InputError(path, f"line {number}: missing or non-integer \"index\"")
         if not isinstance(record.get("accepted"), bool):

@@ -34,9 +34,11 @@ from tqdm.auto import tqdm
 
 from earthsynth.augment.filter import FilterConfig, SampleFilter
 from earthsynth.augment.layouts import LayoutRecord, LayoutSampler, layout_statistics, save_layouts
+from earthsynth.augment.report import record_boxes
 from earthsynth.boxes import Boxes
 from earthsynth.data.captions import land_cover_phrase, make_caption
 from earthsynth.data.export import EXPORT_FORMATS, DatasetWriter
+from earthsynth.data.jsonl import read_jsonl
 from earthsynth.errors import InputError
 
 INPUT_FORMATS = ("voc", "coco", "dota", "yolo", "yolo-obb", "csv")
@@ -148,19 +150,6 @@ def load_models(config: AugmentConfig, model_dir: Path):
 
 
 # ----------------------------------------------------------------------------- resume state
-def read_jsonl_tolerant(path: Path) -> list[dict]:
-    """Records of a manifest shard; a last line cut short by a crash is dropped."""
-    records = []
-    lines = path.read_text().splitlines()
-    for number, line in enumerate(lines, 1):
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if number != len(lines):
-                raise InputError(path, f"line {number}: not valid JSON; delete the output folder to start over") from None
-    return records
-
-
 def check_same_settings(out: Path, config: AugmentConfig) -> None:
     """A rerun may ask for more images, nothing else may change."""
     saved_path = out / "augment_config.yaml"
@@ -228,7 +217,7 @@ def run_augment(out: str | Path, config: AugmentConfig, data: str | None = None,
     # what earlier runs (any number of processes) already did
     done: dict[int, dict] = {}
     for shard in sorted(out.glob("manifest.rank*.jsonl")):
-        for record in read_jsonl_tolerant(shard):
+        for record in (row for _, row in read_jsonl(shard, allow_cut_last_line=True)):
             done[record["index"]] = record
     rank, world = state.process_index, state.num_processes
     quota = math.ceil(config.num_images / world)
@@ -294,15 +283,9 @@ def run_augment(out: str | Path, config: AugmentConfig, data: str | None = None,
 def load_records(out: Path) -> list[dict]:
     records: dict[int, dict] = {}
     for shard in sorted(out.glob("manifest.rank*.jsonl")):
-        for record in read_jsonl_tolerant(shard):
+        for record in (row for _, row in read_jsonl(shard, allow_cut_last_line=True)):
             records[record["index"]] = record
     return [records[i] for i in sorted(records)]
-
-
-def record_boxes(record: dict) -> Boxes:
-    layout = record["layout"]
-    return Boxes(np.asarray(layout["rboxes"], dtype=np.float64).reshape(-1, 5), layout["labels"],
-                 rotated=layout.get("rotated", False))
 
 
 def write_candidates(out: Path, records: list[dict], destination: Path, fmt: str, class_names: list[str],
