@@ -113,7 +113,8 @@ def cmd_evaluate(args) -> int:
     except ValueError:
         raise InputError(f"--seeds {args.seeds}", "expected comma-separated integers, e.g. 0,1,2") from None
     config = EvaluateConfig(synthetic=args.synthetic, real_fraction=args.real_fraction, seeds=seeds,
-                            max_steps=args.steps or 0, detector_config=args.detector_config or "")
+                            max_steps=args.steps or 0, detector_config=args.detector_config or "",
+                            split=args.split, min_objects=args.min_objects, max_synthetic=args.max_synthetic)
     summary = run_evaluate(args.out, config)
     print(format_table(summary))
     print(f"filtered - real: {summary['filtered_minus_real_mAP50_points']:+.1f} mAP50 points; "
@@ -166,6 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     p.add_argument("--steps", type=int, help="detector training steps (default: the bundled detector's recipe)")
     p.add_argument("--detector-config", help="detector training recipe YAML (default: the bundled detector's)")
+    p.add_argument("--split", choices=["test", "val"], default="test",
+                   help="score on the held-out test image (default) or on the validation image, to choose settings")
+    p.add_argument("--min-objects", type=int, default=0, help="leave out synthetic images with fewer objects")
+    p.add_argument("--max-synthetic", type=int, default=0, help="use at most this many synthetic images (0: all)")
     p.set_defaults(func=cmd_evaluate)
 
     p = parsers["data"]

@@ -37,7 +37,11 @@ class EvaluateConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     max_steps: int = 0  # detector training steps; 0 = the recipe's
     detector_config: str = ""  # training recipe (YAML); "" = the one that made the bundled detector
-    test_tile_size: int = 200  # the held-out image is scored as one tile of this size at 0.2 m/px
+    test_tile_size: int = 200  # the scored image is one tile of this size at 0.2 m/px
+    split: str = "test"  # test: the held-out OSBS_029; val: SOAP_061 (its Alive / Dead count as one class),
+    #                      for choosing settings without looking at the test image
+    min_objects: int = 0  # leave out synthetic images with fewer conditioned objects (both sets)
+    max_synthetic: int = 0  # use at most this many synthetic images (the first accepted); 0 = all
 
 
 def detector_recipe(config: EvaluateConfig) -> dict:
@@ -57,8 +61,10 @@ def detector_recipe(config: EvaluateConfig) -> dict:
     return tree
 
 
-def synthetic_sets(synthetic: Path, out: Path) -> dict[str, tuple[Path, int]]:
-    """COCO datasets of the accepted candidates and of as many candidates in index order."""
+def synthetic_sets(synthetic: Path, out: Path, min_objects: int = 0,
+                   max_images: int = 0) -> dict[str, tuple[Path, int]]:
+    """COCO datasets of the accepted candidates and of as many candidates in index order
+    (of those with at least `min_objects` objects)."""
     from earthsynth.augment.run import load_records, write_candidates
 
     if not (synthetic / "augment_config.yaml").is_file():
@@ -68,7 +74,10 @@ def synthetic_sets(synthetic: Path, out: Path) -> dict[str, tuple[Path, int]]:
     accepted = [r for r in records if r["accepted"]][: run.get("accepted", len(records))]
     if not accepted:
         raise InputError(synthetic, "holds no accepted images; run `earthsynth augment` to the end first")
-    unfiltered = records[: len(accepted)]
+    accepted = [r for r in accepted if len(r["layout"]["labels"]) >= min_objects][: max_images or None]
+    unfiltered = [r for r in records if len(r["layout"]["labels"]) >= min_objects][: len(accepted)]
+    if not accepted:
+        raise InputError(synthetic, f"holds no accepted image with at least {min_objects} objects")
     classes = sorted({label for r in records for label in r["layout"]["labels"]}) or ["Tree"]
     gsd = run.get("gsd")
     sets = {}
@@ -80,7 +89,7 @@ def synthetic_sets(synthetic: Path, out: Path) -> dict[str, tuple[Path, int]]:
     return sets
 
 
-def train_and_score(tree: dict, output_dir: Path, test_tiles) -> dict:
+def train_and_score(tree: dict, output_dir: Path, test_tiles, class_agnostic: bool = False) -> dict:
     from earthsynth.augment.detector import evaluate_detector, load_detector
     from earthsynth.config import load_config
     from earthsynth.training.loop import train
@@ -89,7 +98,7 @@ def train_and_score(tree: dict, output_dir: Path, test_tiles) -> dict:
     started = time.perf_counter()
     result = train(config, show_progress=False)
     detector = load_detector(result["final_dir"])
-    scores = evaluate_detector(detector, test_tiles)
+    scores = evaluate_detector(detector, test_tiles, class_agnostic=class_agnostic)
     return {"mAP50": scores["mAP50"], "mAP50_95": scores["mAP50_95"], "train_s": round(time.perf_counter() - started, 1),
             "last_loss": result["losses"][-1][1] if result["losses"] else None}
 
@@ -110,9 +119,11 @@ def run_evaluate(out: str | Path, config: EvaluateConfig, log=print) -> dict:
         raise InputError("--real-fraction", f"must be in (0, 1], got {config.real_fraction}")
     if not config.seeds:
         raise InputError("--seeds", "give at least one seed")
+    if config.split not in ("test", "val"):
+        raise InputError("--split", f"must be test or val, got {config.split!r}")
     recipe = detector_recipe(config)
-    sets = synthetic_sets(Path(config.synthetic), out)
-    test_tiles = RealTiles("test", tile_size=config.test_tile_size, gsd_factors=(2,))
+    sets = synthetic_sets(Path(config.synthetic), out, config.min_objects, config.max_synthetic)
+    test_tiles = RealTiles(config.split, tile_size=config.test_tile_size, gsd_factors=(2,))
 
     runs: dict[str, list[dict]] = {name: [] for name in CONDITIONS}
     for seed in config.seeds:
@@ -126,7 +137,8 @@ def run_evaluate(out: str | Path, config: EvaluateConfig, log=print) -> dict:
             train_config.update(seed=seed, checkpoint_every=10**9, keep_checkpoints=1)
             if config.max_steps:
                 train_config["max_steps"] = config.max_steps
-            scores = train_and_score(tree, out / "runs" / f"{condition}_seed{seed}", test_tiles)
+            scores = train_and_score(tree, out / "runs" / f"{condition}_seed{seed}", test_tiles,
+                                     class_agnostic=config.split == "val")
             runs[condition].append({"seed": seed, **scores})
             log(f"{condition:<10} seed {seed}: mAP50 {100 * scores['mAP50']:.1f}  "
                 f"mAP50:95 {100 * scores['mAP50_95']:.1f}  ({scores['train_s']} s)")
@@ -137,7 +149,8 @@ def run_evaluate(out: str | Path, config: EvaluateConfig, log=print) -> dict:
                        for name, rows in runs.items()},
         "synthetic_images": {name: {"images": len(list((path / "images").rglob("*.png"))), "accepted": accepted}
                              for name, (path, accepted) in sets.items()},
-        "test": {"image": "OSBS_029", "tile_size": config.test_tile_size, "gsd_m": 0.2},
+        "scored_on": {"image": "OSBS_029" if config.split == "test" else "SOAP_061", "split": config.split,
+                      "tile_size": config.test_tile_size, "gsd_m": 0.2},
         "settings": asdict(config),
         "recipe": recipe,
     }
