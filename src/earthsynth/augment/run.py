@@ -60,6 +60,7 @@ class AugmentConfig:
     description: str = "aerial RGB image"  # prompt prefix for user datasets
     steps: int = 20
     guidance_scale: float = 4.0
+    layout_guidance_scale: float = 0.0  # > 0: guide text and layout apart (a third UNet pass per step)
     batch_size: int = 16
     augmented_fraction: float = 0.5  # share of layouts that are augmented real layouts
     max_overlap: float = 0.3
@@ -246,7 +247,8 @@ def run_augment(out: str | Path, config: AugmentConfig, data: str | None = None,
             prompts = [candidate_prompt(layouts[i], prompt_tiles[i]) for i in batch]
             t0 = time.perf_counter()
             result = pipe(prompts, [layouts[i].boxes for i in batch], None, size, size, config.steps,
-                          config.guidance_scale, generator=generators, output_type="pt")
+                          config.guidance_scale, layout_guidance_scale=config.layout_guidance_scale or None,
+                          generator=generators, output_type="pt")
             t1 = time.perf_counter()
             keys = [f"synth_{i:06d}" for i in batch]
             verdicts = filt(result.images.float(), [layouts[i].boxes for i in batch], keys)
