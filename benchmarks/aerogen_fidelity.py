@@ -8,7 +8,9 @@ side by side with
   - the same detector on the real tiles the layouts come from (upper bound: what it finds
     in real images of this kind), and
   - images generated from the same prompts with the layout dropped (lower bound: objects the
-    detector finds where they were asked for by chance, from the text alone).
+    detector finds where they were asked for by chance, from the text alone);
+  - and with the layout guided apart from the text (layout_guidance_scale, `earthsynth
+    augment`'s default).
 The layouts are those of the validation image (SOAP_061, another NEON site, never trained
 on; its "Alive" / "Dead" labels count as "Tree"), cut as the training tiles are: 64 px at
 0.2 m/px, windows every 32 px. The held-out test image is not used. Each layout is generated
@@ -51,6 +53,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=4.0)
     parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--layout-guidance", type=float, default=2.0, help="for the row with layout guidance")
     args = parser.parse_args()
 
     pipe = AeroGenPipeline.from_pretrained(args.model or bundled_checkpoint("aerogen"))
@@ -64,23 +67,25 @@ def main() -> None:
                for t, layout in zip(tiles, layouts)]
     real = torch.stack([torch.from_numpy(t.pixels).permute(2, 0, 1).float() / 255 for t in tiles])
 
-    def generate(with_layout: bool, seed: int) -> tuple[torch.Tensor, float]:
+    def generate(with_layout: bool, seed: int, layout_guidance: float | None = None) -> tuple[torch.Tensor, float]:
         images, started = [], time.perf_counter()
         for start in range(0, len(tiles), args.batch):
             part = range(start, min(start + args.batch, len(tiles)))
             generators = [torch.Generator().manual_seed(seed * 100_003 + i) for i in part]
             boxes = [layouts[i] if with_layout else Boxes() for i in part]
             out = pipe([prompts[i] for i in part], boxes, None, size, size, args.steps, args.guidance,
-                       generator=generators, output_type="pt")
+                       layout_guidance_scale=layout_guidance, generator=generators, output_type="pt")
             images.append(out.images.float())
         return torch.cat(images), time.perf_counter() - started
 
     rows = [("real validation tiles (upper bound)", score(detector, real, layouts), len(tiles), None)]
-    for name, with_layout in (("aerogen, conditioned on the layouts", True),
-                              ("aerogen, layout dropped (lower bound)", False)):
+    for name, with_layout, layout_guidance in (
+            ("aerogen, conditioned on the layouts", True, None),
+            (f"aerogen, conditioned, + layout guidance {args.layout_guidance}", True, args.layout_guidance),
+            ("aerogen, layout dropped (lower bound)", False, None)):
         results, seconds = [], 0.0
         for seed in range(args.seeds):
-            images, took = generate(with_layout, seed)
+            images, took = generate(with_layout, seed, layout_guidance)
             results.append(score(detector, images, layouts))
             seconds += took
         mean = {key: sum(r[key] for r in results) / len(results) for key in ("mAP50", "mAP50_95")}
