@@ -1,0 +1,92 @@
+"""ediffsr groundwork: the EANet noise predictor with its CPEM prior, and the mean-reverting
+SDE scheduler (exact posteriors: an oracle noise prediction recovers the image at any number
+of steps, and a step lands on the right marginal)."""
+
+import pytest
+import torch
+
+from earthsynth.generation.ediffsr import EANet, MeanRevertingScheduler, NAFBlock
+
+TINY = {"width": 8, "encoder_blocks": (1, 1), "decoder_blocks": (1, 1), "middle_blocks": 1, "prior_width": 4,
+        "prior_blocks": 1}
+
+
+@pytest.mark.parametrize("bands, scale", [(3, 4), (6, 2), (1, 4)])
+def test_eanet_predicts_noise_of_the_output_size_for_any_band_count(bands, scale):
+    model = EANet(bands=bands, scale=scale, **TINY)
+    low = torch.rand(2, bands, 8, 8) * 2 - 1
+    sample = torch.randn(2, bands, 8 * scale, 8 * scale)
+    out = model(sample, torch.tensor([3, 50]), low)
+    assert out.shape == sample.shape and torch.isfinite(out).all()
+    condition = model.condition(low)  # computed once per image in sampling
+    assert torch.allclose(model(sample, torch.tensor([3, 50]), condition=condition), out)
+    with pytest.raises(ValueError, match="multiples of 4"):
+        model(torch.randn(1, bands, 30, 30), torch.tensor([1]), condition=torch.randn(1, 2 * bands + 4, 30, 30))
+
+
+def test_a_fresh_naf_block_is_the_identity_and_time_modulates_it():
+    block = NAFBlock(8, time_dim=16)
+    x = torch.randn(2, 8, 6, 6)
+    assert torch.equal(block(x, torch.randn(2, 16)), x)
+    with torch.no_grad():
+        block.beta.fill_(1.0)
+    assert not torch.allclose(block(x, torch.zeros(2, 16)), block(x, torch.ones(2, 16)))
+
+
+def test_eanet_save_and_load_round_trip(tmp_path):
+    model = EANet(bands=4, scale=2, **TINY)
+    model.save_pretrained(tmp_path / "eanet")
+    loaded = EANet.from_pretrained(tmp_path / "eanet")
+    low, sample = torch.rand(1, 4, 8, 8), torch.randn(1, 4, 16, 16)
+    assert torch.equal(model(sample, torch.tensor([7]), low), loaded(sample, torch.tensor([7]), low))
+
+
+def oracle(scheduler, x0, mean):
+    """The exact noise a perfect model would predict, given the true image."""
+    def predict(sample, t):
+        alphabar = scheduler._alphabar(t, sample)
+        return (sample - mean - alphabar.sqrt() * (x0 - mean)) / (
+            scheduler.config.stationary_std * (1 - alphabar).sqrt())
+    return predict
+
+
+@pytest.mark.parametrize("steps", [1, 5, 20, 100])
+def test_exact_posterior_steps_recover_the_image_with_an_oracle(steps):
+    torch.manual_seed(0)
+    scheduler = MeanRevertingScheduler(num_train_timesteps=100, stationary_std=0.3)
+    x0 = torch.rand(2, 3, 8, 8) * 1.8 - 0.9
+    mean = (x0 + 0.2 * torch.randn_like(x0)).clamp(-1, 1)  # a blurry guess of it
+    predict = oracle(scheduler, x0, mean)
+    scheduler.set_timesteps(steps)
+    assert len(scheduler.timesteps) == steps and scheduler.timesteps[0] == 99
+    assert scheduler.timesteps[-1] == (0 if steps > 1 else 99)
+    sample = scheduler.start(mean, torch.Generator().manual_seed(1))
+    for t in scheduler.timesteps:
+        sample = scheduler.step(predict(sample, t), t, sample, mean, generator=torch.Generator().manual_seed(2)).prev_sample
+    assert torch.allclose(sample, x0, atol=1e-4)
+
+
+def test_marginals_revert_to_the_mean_and_a_step_lands_on_the_next_marginal():
+    scheduler = MeanRevertingScheduler(num_train_timesteps=100, stationary_std=0.5, clip_sample=False)
+    x0 = torch.full((20000, 1, 1, 1), 0.8)
+    mean = torch.full_like(x0, -0.2)
+    generator = torch.Generator().manual_seed(0)
+    last = scheduler.add_noise(x0, torch.randn(x0.shape, generator=generator), torch.tensor([99]), mean)
+    assert abs(last.mean() - (-0.2)) < 0.02 and abs(last.std() - 0.5) < 0.02  # reverted: mu + lambda * eps
+
+    scheduler.set_timesteps(10)
+    t, s = int(scheduler.timesteps[3]), int(scheduler.timesteps[4])
+    x_t = scheduler.add_noise(x0, torch.randn(x0.shape, generator=generator), torch.tensor([t]), mean)
+    x_s = scheduler.step(oracle(scheduler, x0, mean)(x_t, t), t, x_t, mean, generator=generator).prev_sample
+    alphabar_s = float(scheduler.alphabar[s])
+    expected_mean = -0.2 + alphabar_s ** 0.5 * 1.0
+    expected_std = 0.5 * (1 - alphabar_s) ** 0.5
+    assert abs(float(x_s.mean()) - expected_mean) < 0.01
+    assert abs(float(x_s.std()) - expected_std) < 0.01
+
+
+def test_bad_step_counts_are_refused():
+    scheduler = MeanRevertingScheduler(num_train_timesteps=50)
+    for steps in (0, 51):
+        with pytest.raises(ValueError, match="1..50"):
+            scheduler.set_timesteps(steps)
