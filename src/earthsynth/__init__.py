@@ -20,6 +20,9 @@ _PUBLIC = {
     "ControlAdapter": "earthsynth.conditioning.control",
     "CompactDetector": "earthsynth.augment.detector",
     "CropClassifier": "earthsynth.augment.classifier",
+    "EDiffSRPipeline": "earthsynth.generation.ediffsr.pipeline",
+    "EANet": "earthsynth.generation.ediffsr.model",
+    "MeanRevertingScheduler": "earthsynth.generation.ediffsr.scheduler",
 }
 
 __all__ = sorted(_PUBLIC)

@@ -39,6 +39,7 @@ class Family:
 # name -> "module:attribute"; imported only when used, so `earthsynth --help` stays fast.
 FAMILIES: dict[str, str] = {
     "smoke": "earthsynth.generation.smoke:FAMILY",
+    "ediffsr": "earthsynth.generation.ediffsr:FAMILY",
     "aerogen": "earthsynth.generation.aerogen:FAMILY",
     "detector": "earthsynth.augment.detector:FAMILY",
     "classifier": "earthsynth.augment.classifier:FAMILY",

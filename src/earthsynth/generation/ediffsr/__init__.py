@@ -1,9 +1,165 @@
 """ediffsr: efficient diffusion super-resolution (after EDiffSR): the EANet noise predictor
 with the CPEM conditional prior, sampled with a mean-reverting SDE from the bicubic
-upsampling. This is the model and the scheduler; the pipeline, the training family, the
-bundled checkpoint and `earthsynth upscale` are still to come (issue 6)."""
+upsampling, trained by the shared loop on real imagery (`configs/ediffsr.yaml`).
 
+Training pairs: a real high-resolution tile and its low-resolution version made by the
+chosen degradation: "bicubic" (anti-aliased bicubic downsampling) or "blur_noise_jpeg"
+(Gaussian blur of random width, downsampling, Gaussian noise, JPEG at random quality; RGB
+only for the JPEG part).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from earthsynth.data.tiles import RealTiles, collate_samples
+from earthsynth.errors import InputError
+from earthsynth.generation.common import to_pil
 from earthsynth.generation.ediffsr.model import CPEM, EANet, NAFBlock
+from earthsynth.generation.ediffsr.pipeline import EDiffSRPipeline, EDiffSRPipelineOutput
 from earthsynth.generation.ediffsr.scheduler import MeanRevertingScheduler
+from earthsynth.registry import Family
 
-__all__ = ["CPEM", "EANet", "NAFBlock", "MeanRevertingScheduler"]
+__all__ = ["CPEM", "EANet", "NAFBlock", "MeanRevertingScheduler", "EDiffSRPipeline", "EDiffSRPipelineOutput", "degrade",
+           "FAMILY"]
+
+
+@dataclass
+class EDiffSRModelConfig:
+    bands: int = 3
+    scale: int = 4
+    width: int = 32
+    encoder_blocks: list[int] = field(default_factory=lambda: [1, 1, 2])
+    middle_blocks: int = 2
+    decoder_blocks: list[int] = field(default_factory=lambda: [1, 1, 1])
+    prior_width: int = 16
+    prior_blocks: int = 2
+    stationary_std: float = 0.2  # lambda of the mean-reverting SDE, in [-1, 1] image units
+    diffusion_steps: int = 100
+    degradation: str = "bicubic"  # or blur_noise_jpeg
+    regressor: bool = False  # train the same EANet as a one-pass L1 regressor (the benchmark baseline)
+    preview_steps: int = 10
+
+
+def build(config) -> dict:
+    mc = config.model
+    if mc.scale not in (2, 4):
+        raise InputError("model.scale", f"must be 2 or 4, got {mc.scale}")
+    if mc.degradation not in ("bicubic", "blur_noise_jpeg"):
+        raise InputError("model.degradation", f"must be bicubic or blur_noise_jpeg, got {mc.degradation!r}")
+    if config.data.tile_size % (mc.scale * 2 ** len(mc.encoder_blocks)):
+        raise InputError("data.tile_size", f"must be a multiple of scale x 2^levels = "
+                                           f"{mc.scale * 2 ** len(mc.encoder_blocks)}")
+    eanet = EANet(bands=mc.bands, scale=mc.scale, width=mc.width, encoder_blocks=tuple(mc.encoder_blocks),
+                  middle_blocks=mc.middle_blocks, decoder_blocks=tuple(mc.decoder_blocks),
+                  prior_width=mc.prior_width, prior_blocks=mc.prior_blocks)
+    scheduler = MeanRevertingScheduler(num_train_timesteps=mc.diffusion_steps, stationary_std=mc.stationary_std)
+    return {"eanet": eanet, "scheduler": scheduler, "config": config}
+
+
+def dataset(config):
+    dc = config.data
+    return RealTiles(split=dc.split, tile_size=dc.tile_size, sources=dc.sources, gsd_factors=dc.gsd_factors,
+                     overlap=dc.overlap, min_visible=dc.min_visible)
+
+
+def degrade(high: torch.Tensor, scale: int, kind: str, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(B, C, H, W) in [0, 1] -> (B, C, H/scale, W/scale) in [0, 1]."""
+    if kind == "bicubic":
+        return F.interpolate(high, scale_factor=1 / scale, mode="bicubic", antialias=True).clamp(0, 1)
+    out = []
+    for image in high:
+        sigma = float(torch.empty(1).uniform_(0.2, 1.6, generator=generator))
+        radius = max(1, int(3 * sigma))
+        x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+        kernel = torch.exp(-x**2 / (2 * sigma**2))
+        kernel = kernel / kernel.sum()
+        c = image.shape[0]
+        blurred = F.conv2d(F.pad(image[None], (radius,) * 4, mode="reflect"), kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1),
+                           groups=c)
+        blurred = F.conv2d(blurred, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+        low = F.interpolate(blurred, scale_factor=1 / scale, mode="bicubic", antialias=True)[0]
+        low = low + torch.randn(low.shape, generator=generator) * float(torch.empty(1).uniform_(0, 0.03, generator=generator))
+        low = low.clamp(0, 1)
+        if c == 3:
+            quality = int(torch.randint(40, 95, (1,), generator=generator))
+            buffer = io.BytesIO()
+            Image.fromarray((low.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(buffer, "JPEG",
+                                                                                                 quality=quality)
+            low = torch.from_numpy(np.asarray(Image.open(buffer)).copy()).permute(2, 0, 1).float() / 255
+        out.append(low)
+    return torch.stack(out)
+
+
+def random_flips(images: torch.Tensor) -> torch.Tensor:
+    if torch.rand(()) < 0.5:
+        images = images.flip(-1)
+    if torch.rand(()) < 0.5:
+        images = images.flip(-2)
+    if torch.rand(()) < 0.5:
+        images = images.transpose(-1, -2)
+    return images
+
+
+def loss(components: dict, batch: dict) -> torch.Tensor:
+    mc = components["config"].model
+    eanet, scheduler = components["eanet"], components["scheduler"]
+    high = random_flips(batch["image"][:, : mc.bands].float())
+    low = degrade(high.cpu(), mc.scale, mc.degradation).to(high.device)
+    high, low = high * 2 - 1, low * 2 - 1
+    condition = eanet.condition(low)
+    mean = condition[:, : mc.bands]
+    if mc.regressor:
+        zero = torch.zeros(high.shape[0], dtype=torch.long, device=high.device)
+        return F.l1_loss(mean + eanet(mean, zero, condition=condition), high)
+    noise = torch.randn_like(high)
+    timesteps = torch.randint(0, mc.diffusion_steps, (high.shape[0],), device=high.device)
+    noisy = scheduler.add_noise(high, noise, timesteps, mean)
+    return F.mse_loss(eanet(noisy, timesteps, condition=condition), noise)
+
+
+def make_pipeline(components: dict) -> EDiffSRPipeline:
+    pipe = EDiffSRPipeline(eanet=components["eanet"], scheduler=components["scheduler"],
+                           regressor=components["config"].model.regressor)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def preview(components: dict, config, generator: torch.Generator):
+    """Four validation tiles: low resolution (bicubic), upscaled, truth."""
+    eanet = components["eanet"]
+    was_training = eanet.training
+    eanet.eval()
+    tiles = RealTiles("val", tile_size=config.data.tile_size, gsd_factors=config.data.gsd_factors)
+    high = torch.stack([tiles[i]["image"] for i in range(min(4, len(tiles)))])[:, : config.model.bands]
+    low = degrade(high, config.model.scale, "bicubic")
+    out = make_pipeline(components)(low, num_inference_steps=config.model.preview_steps, generator=generator).images
+    eanet.train(was_training)
+    bicubic = F.interpolate(low, scale_factor=config.model.scale, mode="bicubic").clamp(0, 1)
+    rows = [bicubic, out, high]
+    return [image for row in rows for image in to_pil(row[:, :3] * 2 - 1)]
+
+
+def export(components: dict, config, directory: Path) -> None:
+    make_pipeline(components).save_pretrained(Path(directory))
+
+
+FAMILY = Family(
+    name="ediffsr",
+    model_config=EDiffSRModelConfig,
+    build=build,
+    trainable=("eanet",),
+    dataset=dataset,
+    collate=collate_samples,
+    loss=loss,
+    preview=preview,
+    export=export,
+    description="x2 / x4 super-resolution: EANet + CPEM prior, mean-reverting SDE",
+)
