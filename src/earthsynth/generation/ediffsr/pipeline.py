@@ -71,7 +71,8 @@ class EDiffSRPipeline(DiffusionPipeline):
             raise ValueError("the image has NaN or infinite values")
         if tile < minimum or tile % minimum:
             raise ValueError(f"tile must be a positive multiple of {minimum}, got {tile}")
-        if not 0 <= overlap < tile // 2:
+        tiled = low.shape[-2] > tile or low.shape[-1] > tile
+        if overlap < 0 or (tiled and overlap >= tile // 2):
             raise ValueError(f"overlap must be in [0, tile / 2), got {overlap}")
 
     def upscale_tile(self, low: torch.Tensor, steps: int, generator) -> torch.Tensor:

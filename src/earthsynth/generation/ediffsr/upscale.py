@@ -1,0 +1,214 @@
+"""`earthsynth upscale`: super-resolve a PNG / JPEG or a GeoTIFF file x2 / x4 with an ediffsr pipeline.
+
+Bands: a model takes a fixed number of bands (`pipe.eanet.config.bands`, 3 for the bundled
+RGB model). An image with that many bands goes through the model as it is. Any other band
+count is cut into consecutive groups of that size (bands 1-3, 4-6, ... for a 3-band model);
+the last group is filled up by repeating its last band, and only the real bands are kept.
+So every band is upscaled by the model and the output has the input's band count (a
+greyscale PNG stays greyscale, a 6-band Landsat scene stays 6 bands). The alpha channel of
+an RGBA image is a mask, not imagery: it is resized with bicubic interpolation instead.
+
+Values: the model works on [0, 1]. uint8 is divided by 255, uint16 by 65535; any other
+dtype (int16, float32, ...) is stretched per band from its minimum to its maximum, and the
+output is mapped back with the same numbers. The output has the input's dtype (rounded and
+clipped for integers). Nodata pixels (the GeoTIFF's nodata value, or NaN where nodata is
+NaN) are left out of the min / max, fed to the model as the band's minimum, and are nodata
+again in the output (nearest-neighbour upscaled mask). Any other NaN is an error.
+
+GeoTIFF output keeps the CRS, band names, tags and nodata; the transform keeps its origin
+and its pixel size is divided by the scale.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from earthsynth.data.common import atomic_write, one_line
+from earthsynth.data.geotiff import PLAIN_IMAGE_SUFFIXES, Raster, read_geotiff, write_geotiff
+from earthsynth.errors import InputError
+
+SCALES = (2, 4)
+PLAIN_OUTPUTS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
+TIFF_OUTPUTS = (".tif", ".tiff")
+
+
+def load_pipeline(model_dir=None):
+    """The ediffsr pipeline in `model_dir` (default: the bundled checkpoint), on the GPU if there is one."""
+    from earthsynth.generation.common import bundled_checkpoint
+    from earthsynth.generation.ediffsr.pipeline import EDiffSRPipeline
+
+    model_dir = Path(model_dir) if model_dir else bundled_checkpoint("ediffsr")
+    if not (model_dir / "model_index.json").is_file():
+        raise InputError(model_dir, "not an ediffsr pipeline folder (no model_index.json)")
+    from diffusers.utils import logging as diffusers_logging
+
+    # diffusers draws a "Loading pipeline components" bar on stderr, where only errors belong
+    bar_was_on = diffusers_logging.is_progress_bar_enabled()
+    diffusers_logging.disable_progress_bar()
+    try:
+        pipe = EDiffSRPipeline.from_pretrained(model_dir)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise InputError(model_dir, f"cannot load the ediffsr pipeline ({one_line(err)})") from None
+    finally:
+        if bar_was_on:
+            diffusers_logging.enable_progress_bar()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to("cuda") if torch.cuda.is_available() else pipe
+
+
+def check_output_path(src: Path, out: Path) -> None:
+    """The output format follows the input: plain images -> PNG / JPEG (or TIFF), rasters -> GeoTIFF."""
+    suffix = out.suffix.lower()
+    if src.suffix.lower() in PLAIN_IMAGE_SUFFIXES:
+        if suffix not in (*PLAIN_OUTPUTS, *TIFF_OUTPUTS):
+            raise InputError(out, "unsupported output format; name it .png, .jpg or .tif")
+    elif suffix not in TIFF_OUTPUTS:
+        raise InputError(out, "a GeoTIFF input is written as a GeoTIFF; name the output .tif")
+    if not out.parent.is_dir():
+        raise InputError(out, f"output folder {out.parent} does not exist")
+
+
+def nodata_mask(data: np.ndarray, nodata: float | None) -> np.ndarray:
+    """(C, H, W) bool: True where a pixel is the file's nodata value."""
+    if nodata is None:
+        return np.zeros(data.shape, dtype=bool)
+    if isinstance(nodata, float) and math.isnan(nodata):
+        return np.isnan(data)
+    return data == np.asarray(nodata).astype(data.dtype)
+
+
+def to_unit(data: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, list[tuple[float, float]]]:
+    """(C, H, W) any dtype -> float32 in [0, 1] and the per-band (low, high) that map it back."""
+    if data.dtype == np.uint8:
+        ranges = [(0.0, 255.0)] * data.shape[0]
+    elif data.dtype == np.uint16:
+        ranges = [(0.0, 65535.0)] * data.shape[0]
+    else:  # stretch each band over its valid values
+        ranges = []
+        for band, band_mask in zip(data, mask):
+            valid = band[~band_mask]
+            low, high = (float(valid.min()), float(valid.max())) if valid.size else (0.0, 1.0)
+            ranges.append((low, high if high > low else low + 1.0))
+    unit = np.empty(data.shape, dtype=np.float32)
+    for i, (low, high) in enumerate(ranges):
+        band = data[i].astype(np.float64)
+        band[mask[i]] = low  # nodata enters the model as the band's minimum
+        unit[i] = np.clip((band - low) / (high - low), 0, 1)
+    return unit, ranges
+
+
+def from_unit(unit: np.ndarray, ranges: list[tuple[float, float]], dtype: np.dtype) -> np.ndarray:
+    """Inverse of `to_unit`: [0, 1] float -> the input's dtype (rounded and clipped for integers)."""
+    values = np.stack([unit[i].astype(np.float64) * (high - low) + low for i, (low, high) in enumerate(ranges)])
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        values = np.clip(np.round(values), info.min, info.max)
+    return values.astype(dtype)
+
+
+def band_groups(count: int, bands: int) -> list[list[int]]:
+    """Indices of consecutive groups of `bands` bands covering `count`; the last is padded by repeating its last band."""
+    groups = []
+    for start in range(0, count, bands):
+        group = list(range(start, min(start + bands, count)))
+        groups.append(group + [group[-1]] * (bands - len(group)))
+    return groups
+
+
+def upscale_bands(pipe, unit: np.ndarray, scale: int, steps: int, tile: int, seed: int) -> np.ndarray:
+    """(C, H, W) in [0, 1], any C -> (C, sH, sW) in [0, 1], the model run on groups of its band count."""
+    bands = pipe.eanet.config.bands
+    generator = torch.Generator().manual_seed(seed)
+    overlap = min(16, tile // 4)  # the pipeline needs overlap < tile / 2
+    out = np.empty((unit.shape[0], unit.shape[1] * scale, unit.shape[2] * scale), dtype=np.float32)
+    for group in band_groups(unit.shape[0], bands):
+        low = torch.from_numpy(unit[group])
+        high = pipe(low, scale=scale, num_inference_steps=steps, generator=generator, tile=tile, overlap=overlap,
+                    output_type="pt").images[0]
+        real = sorted(set(group))  # the padding copies are dropped
+        out[real] = high[: len(real)].float().cpu().numpy()
+    return out
+
+
+def resize_bicubic(band: np.ndarray, scale: int) -> np.ndarray:
+    """(H, W) uint8 -> (sH, sW) uint8 (for an alpha channel)."""
+    image = Image.fromarray(band)
+    return np.asarray(image.resize((band.shape[1] * scale, band.shape[0] * scale), Image.BICUBIC))
+
+
+def write_plain(out: Path, data: np.ndarray) -> None:
+    """(C, H, W) uint8 / uint16 -> PNG or JPEG by the suffix, atomically."""
+    fmt = PLAIN_OUTPUTS[out.suffix.lower()]
+    if fmt == "JPEG" and data.shape[0] == 4:
+        data = data[:3]  # JPEG has no alpha
+    if fmt == "JPEG" and data.dtype != np.uint8:
+        raise InputError(out, f"JPEG holds 8-bit images, this one is {data.dtype}; name the output .png")
+    if data.dtype not in (np.uint8, np.uint16) or (data.dtype == np.uint16 and data.shape[0] != 1):
+        raise InputError(out, f"{data.shape[0]}-band {data.dtype} cannot be written as {fmt}; name the output .tif")
+    pixels = data[0] if data.shape[0] == 1 else data.transpose(1, 2, 0)
+    image = Image.fromarray(np.ascontiguousarray(pixels))
+    with atomic_write(out, "wb") as f:
+        image.save(f, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+
+
+def scaled_transform(transform, scale: int):
+    """The same origin, pixel size divided by `scale`."""
+    if transform is None:
+        return None
+    a, b, c, d, e, f = transform
+    return (a / scale, b / scale, c, d / scale, e / scale, f)
+
+
+def upscale_file(src, out, model_dir=None, steps: int = 10, scale: int = 4, tile: int = 128, seed: int = 0) -> Path:
+    """Super-resolve the image or GeoTIFF `src` x`scale` into `out` and return `out`.
+
+    PNG / JPEG in -> PNG / JPEG out (by `out`'s suffix); GeoTIFF in -> GeoTIFF out with the
+    same CRS, origin and bands and a pixel size divided by `scale`. Written atomically: on
+    any error nothing is left at `out`. Bad input raises `InputError` naming the file.
+    """
+    src, out = Path(src), Path(out)
+    if scale not in SCALES:
+        raise InputError(src, f"--scale must be 2 or 4, got {scale}")
+    if steps < 1:
+        raise InputError(src, f"--steps must be at least 1, got {steps}")
+    check_output_path(src, out)
+    raster = read_geotiff(src)  # missing, truncated and corrupt files raise InputError here
+    plain = src.suffix.lower() in PLAIN_IMAGE_SUFFIXES
+
+    pipe = load_pipeline(model_dir)
+    model_scale, minimum = pipe.eanet.config.scale, pipe.eanet.multiple
+    if scale != model_scale:
+        raise InputError(model_dir or "assets/ediffsr", f"this model upscales x{model_scale} only, not x{scale}; "
+                         f"use --scale {model_scale} or a x{scale} model")
+    if tile < minimum or tile % minimum:
+        raise InputError(src, f"--tile must be a positive multiple of {minimum}, got {tile}")
+    if raster.height < minimum or raster.width < minimum:
+        raise InputError(src, f"the image is {raster.width}x{raster.height} px, smaller than the model's "
+                              f"{minimum}x{minimum} minimum")
+
+    data = raster.data
+    mask = nodata_mask(data, raster.nodata)
+    if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data[~mask]).all():
+        raise InputError(src, "the image has NaN or infinite values (that are not its nodata value)")
+
+    alpha = None
+    if plain and data.shape[0] == 4 and data.dtype == np.uint8:  # RGBA: the alpha mask is resized, not super-resolved
+        alpha, data, mask = resize_bicubic(data[3], scale), data[:3], mask[:3]
+    unit, ranges = to_unit(data, mask)
+    high = from_unit(upscale_bands(pipe, unit, scale, steps, tile, seed), ranges, data.dtype)
+    if mask.any():  # nodata stays nodata: the mask upscaled by nearest neighbour
+        high[mask.repeat(scale, axis=1).repeat(scale, axis=2)] = np.asarray(raster.nodata).astype(data.dtype)
+    if alpha is not None:
+        high = np.concatenate([high, alpha[None]])
+
+    if out.suffix.lower() in PLAIN_OUTPUTS:
+        write_plain(out, high)
+    else:
+        write_geotiff(out, Raster(data=high, crs=raster.crs, transform=scaled_transform(raster.transform, scale),
+                                  nodata=raster.nodata, tags=raster.tags, band_names=raster.band_names))
+    return out
