@@ -42,18 +42,21 @@ def test_eanet_save_and_load_round_trip(tmp_path):
 
 
 def oracle(scheduler, x0, mean):
-    """The exact noise a perfect model would predict, given the true image."""
+    """What a perfect model would predict, given the true image: the residual or the noise."""
     def predict(sample, t):
+        if scheduler.config.prediction_type == "sample":
+            return x0 - mean
         alphabar = scheduler._alphabar(t, sample)
         return (sample - mean - alphabar.sqrt() * (x0 - mean)) / (
             scheduler.config.stationary_std * (1 - alphabar).sqrt())
     return predict
 
 
+@pytest.mark.parametrize("prediction_type", ["sample", "epsilon"])
 @pytest.mark.parametrize("steps", [1, 5, 20, 100])
-def test_exact_posterior_steps_recover_the_image_with_an_oracle(steps):
+def test_exact_posterior_steps_recover_the_image_with_an_oracle(steps, prediction_type):
     torch.manual_seed(0)
-    scheduler = MeanRevertingScheduler(num_train_timesteps=100, stationary_std=0.3)
+    scheduler = MeanRevertingScheduler(num_train_timesteps=100, stationary_std=0.3, prediction_type=prediction_type)
     x0 = torch.rand(2, 3, 8, 8) * 1.8 - 0.9
     mean = (x0 + 0.2 * torch.randn_like(x0)).clamp(-1, 1)  # a blurry guess of it
     predict = oracle(scheduler, x0, mean)
@@ -67,7 +70,8 @@ def test_exact_posterior_steps_recover_the_image_with_an_oracle(steps):
 
 
 def test_marginals_revert_to_the_mean_and_a_step_lands_on_the_next_marginal():
-    scheduler = MeanRevertingScheduler(num_train_timesteps=100, stationary_std=0.5, clip_sample=False)
+    scheduler = MeanRevertingScheduler(num_train_timesteps=100, stationary_std=0.5, clip_sample=False,
+                                       prediction_type="epsilon")
     x0 = torch.full((20000, 1, 1, 1), 0.8)
     mean = torch.full_like(x0, -0.2)
     generator = torch.Generator().manual_seed(0)
@@ -85,7 +89,9 @@ def test_marginals_revert_to_the_mean_and_a_step_lands_on_the_next_marginal():
     assert abs(float(x_s.std()) - expected_std) < 0.01
 
 
-def test_bad_step_counts_are_refused():
+def test_bad_step_counts_and_prediction_types_are_refused():
+    with pytest.raises(ValueError, match="epsilon or sample"):
+        MeanRevertingScheduler(prediction_type="v_prediction")
     scheduler = MeanRevertingScheduler(num_train_timesteps=50)
     for steps in (0, 51):
         with pytest.raises(ValueError, match="1..50"):

@@ -43,6 +43,7 @@ class EDiffSRModelConfig:
     prior_blocks: int = 2
     stationary_std: float = 0.2  # lambda of the mean-reverting SDE, in [-1, 1] image units
     diffusion_steps: int = 100
+    prediction_type: str = "sample"  # the model predicts x_0 - mu ("sample") or the noise ("epsilon")
     degradation: str = "bicubic"  # or blur_noise_jpeg
     regressor: bool = False  # train the same EANet as a one-pass L1 regressor (the benchmark baseline)
     preview_steps: int = 10
@@ -60,7 +61,8 @@ def build(config) -> dict:
     eanet = EANet(bands=mc.bands, scale=mc.scale, width=mc.width, encoder_blocks=tuple(mc.encoder_blocks),
                   middle_blocks=mc.middle_blocks, decoder_blocks=tuple(mc.decoder_blocks),
                   prior_width=mc.prior_width, prior_blocks=mc.prior_blocks)
-    scheduler = MeanRevertingScheduler(num_train_timesteps=mc.diffusion_steps, stationary_std=mc.stationary_std)
+    scheduler = MeanRevertingScheduler(num_train_timesteps=mc.diffusion_steps, stationary_std=mc.stationary_std,
+                                       prediction_type=mc.prediction_type)
     return {"eanet": eanet, "scheduler": scheduler, "config": config}
 
 
@@ -122,7 +124,8 @@ def loss(components: dict, batch: dict) -> torch.Tensor:
     noise = torch.randn_like(high)
     timesteps = torch.randint(0, mc.diffusion_steps, (high.shape[0],), device=high.device)
     noisy = scheduler.add_noise(high, noise, timesteps, mean)
-    return F.mse_loss(eanet(noisy, timesteps, condition=condition), noise)
+    target = high - mean if scheduler.config.prediction_type == "sample" else noise
+    return F.mse_loss(eanet(noisy, timesteps, condition=condition), target)
 
 
 def make_pipeline(components: dict) -> EDiffSRPipeline:

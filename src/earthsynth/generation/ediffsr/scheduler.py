@@ -12,7 +12,10 @@ with thetabar_t the integral of theta up to t,
 
 Choosing exp(-2 thetabar_t) = alphabar_t of a cosine schedule makes x_t - mu follow a DDPM of
 noise scale lambda, which gives exact posteriors q(x_s | x_t, x_0) for any s < t: sampling can
-skip steps (few-step sampling) without retraining. The model predicts eps.
+skip steps (few-step sampling) without retraining. The model predicts either eps
+(prediction_type "epsilon") or the residual x_0 - mu ("sample"). With few steps "sample" is
+the one to use: recovering x_0 from an eps prediction divides by sqrt(alphabar_t), which is
+near zero at the first step, so any error in eps is blown up there.
 
 Sampling starts at mu + lambda * eps, not at pure noise: with a small lambda the process only
 has to add the high frequencies the upsampling lacks, which is why few steps suffice.
@@ -50,7 +53,10 @@ class MeanRevertingScheduler(SchedulerMixin, ConfigMixin):
     _compatibles: list = []
 
     @register_to_config
-    def __init__(self, num_train_timesteps: int = 100, stationary_std: float = 0.2, clip_sample: bool = True):
+    def __init__(self, num_train_timesteps: int = 100, stationary_std: float = 0.2, clip_sample: bool = True,
+                 prediction_type: str = "sample"):
+        if prediction_type not in ("epsilon", "sample"):
+            raise ValueError(f"prediction_type must be epsilon or sample, got {prediction_type!r}")
         self.alphabar = cosine_alphabar(num_train_timesteps)
         self.timesteps = torch.arange(num_train_timesteps - 1, -1, -1)
         self.num_inference_steps = num_train_timesteps
@@ -93,7 +99,10 @@ class MeanRevertingScheduler(SchedulerMixin, ConfigMixin):
         following = int(self.timesteps[position[0, 0] + 1]) if len(position) and position[0, 0] + 1 < len(self.timesteps) else -1
         alphabar_t = self._alphabar(t, sample)
         residual = sample - mean
-        original = (residual - lam * (1 - alphabar_t).sqrt() * model_output) / alphabar_t.sqrt()
+        if self.config.prediction_type == "sample":
+            original = model_output  # the predicted residual x_0 - mu
+        else:
+            original = (residual - lam * (1 - alphabar_t).sqrt() * model_output) / alphabar_t.sqrt()
         if self.config.clip_sample:  # keep mean + x_0 within the image range
             original = (mean + original).clamp(-1, 1) - mean
         if following < 0:
