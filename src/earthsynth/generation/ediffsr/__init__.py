@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers import DDIMScheduler, DDPMScheduler
 from PIL import Image
 
 from earthsynth.data.tiles import RealTiles, collate_samples
@@ -44,6 +45,7 @@ class EDiffSRModelConfig:
     stationary_std: float = 0.2  # lambda of the mean-reverting SDE, in [-1, 1] image units
     diffusion_steps: int = 100
     prediction_type: str = "sample"  # the model predicts x_0 - mu ("sample") or the noise ("epsilon")
+    schedule: str = "mean_reverting"  # or "ddpm": plain diffusion of the residual x - bicubic (DDIM sampling)
     degradation: str = "bicubic"  # or blur_noise_jpeg
     regressor: bool = False  # train the same EANet as a one-pass L1 regressor (the benchmark baseline)
     preview_steps: int = 10
@@ -61,8 +63,14 @@ def build(config) -> dict:
     eanet = EANet(bands=mc.bands, scale=mc.scale, width=mc.width, encoder_blocks=tuple(mc.encoder_blocks),
                   middle_blocks=mc.middle_blocks, decoder_blocks=tuple(mc.decoder_blocks),
                   prior_width=mc.prior_width, prior_blocks=mc.prior_blocks)
-    scheduler = MeanRevertingScheduler(num_train_timesteps=mc.diffusion_steps, stationary_std=mc.stationary_std,
-                                       prediction_type=mc.prediction_type)
+    if mc.schedule == "mean_reverting":
+        scheduler = MeanRevertingScheduler(num_train_timesteps=mc.diffusion_steps, stationary_std=mc.stationary_std,
+                                           prediction_type=mc.prediction_type)
+    elif mc.schedule == "ddpm":
+        scheduler = DDPMScheduler(num_train_timesteps=mc.diffusion_steps, beta_schedule="squaredcos_cap_v2",
+                                  prediction_type=mc.prediction_type, clip_sample=False)
+    else:
+        raise InputError("model.schedule", f"must be mean_reverting or ddpm, got {mc.schedule!r}")
     return {"eanet": eanet, "scheduler": scheduler, "config": config}
 
 
@@ -123,13 +131,19 @@ def loss(components: dict, batch: dict) -> torch.Tensor:
         return F.l1_loss(mean + eanet(mean, zero, condition=condition), high)
     noise = torch.randn_like(high)
     timesteps = torch.randint(0, mc.diffusion_steps, (high.shape[0],), device=high.device)
-    noisy = scheduler.add_noise(high, noise, timesteps, mean)
+    if isinstance(scheduler, MeanRevertingScheduler):
+        noisy = scheduler.add_noise(high, noise, timesteps, mean)
+    else:  # plain diffusion of the residual
+        noisy = mean + scheduler.add_noise(high - mean, noise, timesteps)
     target = high - mean if scheduler.config.prediction_type == "sample" else noise
     return F.mse_loss(eanet(noisy, timesteps, condition=condition), target)
 
 
 def make_pipeline(components: dict) -> EDiffSRPipeline:
-    pipe = EDiffSRPipeline(eanet=components["eanet"], scheduler=components["scheduler"],
+    scheduler = components["scheduler"]
+    if not isinstance(scheduler, MeanRevertingScheduler):  # few-step sampling of the trained DDPM
+        scheduler = DDIMScheduler.from_config(scheduler.config)
+    pipe = EDiffSRPipeline(eanet=components["eanet"], scheduler=scheduler,
                            regressor=components["config"].model.regressor)
     pipe.set_progress_bar_config(disable=True)
     return pipe

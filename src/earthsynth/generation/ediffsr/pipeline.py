@@ -9,6 +9,10 @@
 upscaled on its own and the overlaps are blended with linear ramps, so memory is bounded by
 the tile size, not the image size.
 
+The scheduler is the mean-reverting SDE (`MeanRevertingScheduler`, sampling from the bicubic
+upsampling plus a little noise) or, for a checkpoint trained with model.schedule "ddpm", a
+plain diffusers scheduler (DDIM by default) over the residual x - bicubic, from pure noise.
+
 A checkpoint trained as a plain regressor (model.regressor in the training config: the same
 EANet predicting the residual to the bicubic upsampling in one pass, with an L1 loss) runs
 in one step whatever num_inference_steps says; it is the baseline of the benchmark.
@@ -23,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
+
+from earthsynth.generation.ediffsr.scheduler import MeanRevertingScheduler
 
 
 @dataclass
@@ -83,12 +89,21 @@ class EDiffSRPipeline(DiffusionPipeline):
             zero = torch.zeros(low.shape[0], dtype=torch.long, device=low.device)
             return (mean + self.eanet(mean, zero, condition=condition)).clamp(-1, 1)
         self.scheduler.set_timesteps(steps, device=low.device)
-        sample = self.scheduler.start(mean, generator)
+        if isinstance(self.scheduler, MeanRevertingScheduler):
+            sample = self.scheduler.start(mean, generator)
+            for t in self.scheduler.timesteps:
+                timesteps = torch.full((low.shape[0],), int(t), dtype=torch.long, device=low.device)
+                prediction = self.eanet(sample, timesteps, condition=condition)
+                sample = self.scheduler.step(prediction, t, sample, mean, generator=generator).prev_sample
+            return sample.clamp(-1, 1)
+        # a plain diffusers scheduler (DDPM, DDIM, ...): diffusion of the residual x - mean from pure noise
+        residual = torch.randn(mean.shape, generator=generator, dtype=torch.float32).to(mean.device, mean.dtype)
+        residual = residual * self.scheduler.init_noise_sigma
         for t in self.scheduler.timesteps:
             timesteps = torch.full((low.shape[0],), int(t), dtype=torch.long, device=low.device)
-            noise = self.eanet(sample, timesteps, condition=condition)
-            sample = self.scheduler.step(noise, t, sample, mean, generator=generator).prev_sample
-        return sample.clamp(-1, 1)
+            prediction = self.eanet(mean + residual, timesteps, condition=condition)
+            residual = self.scheduler.step(prediction, t, residual, generator=generator).prev_sample
+        return (mean + residual).clamp(-1, 1)
 
     @torch.no_grad()
     def __call__(self, image, scale: int | None = None, num_inference_steps: int = 10,
