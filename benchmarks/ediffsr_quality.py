@@ -91,7 +91,7 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for name, result, seconds in rows:
         speed = f"{seconds / megapixels:.1f}" if seconds is not None else "-"
-        print(f"| {name} | {result['psnr']:.2f} | {result['ssim']:.4f} | {result['sharpness']:.2f} | {speed} |")
+        print(f"| {name} | {result['psnr']:.2f} | {result['ssim']:.4f} | {result['sharpness']:.3f} | {speed} |")
 
     eanet = pipe.eanet.eval()
     width = eanet.config.width
