@@ -3,9 +3,14 @@
 Images are (C, H, W) or (B, C, H, W) float tensors in [0, 1]; every metric averages over the
 batch. SSIM is the usual one (Wang et al. 2004): an 11-tap Gaussian window of sigma 1.5,
 K1 = 0.01, K2 = 0.03, computed per band and averaged.
+
+The hyperspectral metrics (band_psnr, band_ssim, sam_degrees, ergas) take one cube
+(bands, H, W), a numpy array or a tensor, and compute in float64.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -55,3 +60,80 @@ def sharpness_ratio(estimate: torch.Tensor, truth: torch.Tensor) -> float:
     """High-frequency energy of the estimate over that of the truth: 1 is as sharp as the
     truth, below 1 blurrier (bicubic), above 1 noisier or over-sharpened."""
     return high_frequency_energy(estimate) / high_frequency_energy(truth)
+
+
+# ----------------------------------------------------------------------------- hyperspectral cubes
+PSNR_CAP = 100.0  # dB for a band restored without error, so that means over bands stay finite
+
+
+def _cubes(estimate, truth) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two (bands, H, W) arrays or tensors of one shape -> float64 CPU tensors."""
+    estimate = torch.as_tensor(estimate).detach().cpu().double()
+    truth = torch.as_tensor(truth).detach().cpu().double()
+    if truth.ndim != 3 or estimate.shape != truth.shape:
+        raise ValueError(f"expected two (bands, H, W) cubes of one shape, got {tuple(estimate.shape)} and {tuple(truth.shape)}")
+    return estimate, truth
+
+
+def _cube_range(truth: torch.Tensor, data_range: float | None) -> float:
+    data_range = float(truth.max()) if data_range is None else float(data_range)
+    if not data_range > 0:
+        raise ValueError(f"data_range must be positive, got {data_range} (the truth cube's maximum when not given)")
+    return data_range
+
+
+def band_psnr(estimate, truth, data_range: float | None = None) -> float:
+    """Mean over bands of each band's PSNR in dB.
+
+    data_range defaults to the truth cube's maximum (reflectance cubes are non-negative, so this
+    is the span from 0 to the brightest value). Each band's PSNR is capped at PSNR_CAP (100 dB),
+    which is what a band with no error gets instead of inf.
+    """
+    estimate, truth = _cubes(estimate, truth)
+    data_range = _cube_range(truth, data_range)
+    mse = ((estimate - truth) ** 2).flatten(1).mean(1)
+    cap = torch.full_like(mse, PSNR_CAP)
+    per_band = torch.where(mse > 0, 10 * torch.log10(data_range**2 / mse.clamp_min(1e-300)), cap)
+    return float(per_band.clamp(max=PSNR_CAP).mean())
+
+
+def band_ssim(estimate, truth, data_range: float | None = None) -> float:
+    """Mean over bands of the SSIM (`ssim` with the bands as channels; H and W at least 11).
+
+    data_range defaults to the truth cube's maximum, as in band_psnr.
+    """
+    estimate, truth = _cubes(estimate, truth)
+    return ssim(estimate, truth, data_range=_cube_range(truth, data_range))
+
+
+def sam_degrees(estimate, truth) -> float:
+    """Mean spectral angle in degrees between the estimated and true spectrum of each pixel.
+
+    Pixels where either spectrum is (near) zero have no angle and are skipped; nan when no
+    pixel is left. The angle ignores the spectra's scale: 2 * truth is at 0 degrees.
+    """
+    estimate, truth = _cubes(estimate, truth)
+    estimate, truth = estimate.flatten(1), truth.flatten(1)  # (bands, pixels)
+    dot = (estimate * truth).sum(0)
+    norms = estimate.norm(dim=0) * truth.norm(dim=0)
+    valid = (estimate.norm(dim=0) > 1e-12) & (truth.norm(dim=0) > 1e-12)
+    if not valid.any():
+        return math.nan
+    cosine = (dot[valid] / norms[valid]).clamp(-1.0, 1.0)
+    return float(torch.rad2deg(torch.arccos(cosine)).mean())
+
+
+def ergas(estimate, truth, ratio: float = 1.0) -> float:
+    """ERGAS, the relative global error: 100 * ratio * sqrt(mean over bands of RMSE_b^2 / mean_b^2).
+
+    mean_b is the truth band's mean; ratio is the high / low resolution pixel size ratio (1 for
+    denoising). Bands whose truth mean is (near) zero have no relative error and are skipped;
+    nan when no band is left.
+    """
+    estimate, truth = _cubes(estimate, truth)
+    mse = ((estimate - truth) ** 2).flatten(1).mean(1)
+    mean = truth.flatten(1).mean(1)
+    valid = mean.abs() > 1e-12
+    if not valid.any():
+        return math.nan
+    return float(100.0 * ratio * torch.sqrt((mse[valid] / mean[valid] ** 2).mean()))
