@@ -176,17 +176,27 @@ def write_geotiff(path: str | os.PathLike, raster: Raster) -> None:
         profile["transform"] = rasterio.Affine(*raster.transform)
     fd, tmp = tempfile.mkstemp(suffix=".tif.tmp", dir=path.parent or ".")
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private; give it a normal file's mode
     try:
-        with rasterio.open(tmp, "w", **profile) as dst:
-            dst.write(data)
-            if raster.tags:
-                dst.update_tags(**raster.tags)
-            for i, name in enumerate(raster.band_names[: data.shape[0]]):
-                dst.set_band_description(i + 1, name)
+        with warnings.catch_warnings():
+            # a cube or image without georeferencing is written as a plain TIFF, not warned about
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(tmp, "w", **profile) as dst:
+                dst.write(data)
+                if raster.tags:
+                    dst.update_tags(**raster.tags)
+                for i, name in enumerate(raster.band_names[: data.shape[0]]):
+                    dst.set_band_description(i + 1, name)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def centre_lonlat(raster: Raster) -> tuple[float, float] | None:

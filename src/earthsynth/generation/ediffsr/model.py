@@ -19,13 +19,13 @@ bicubic upsampling. EANet sees [x_t, bicubic(LR), CPEM features].
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from torch import nn
+
+from earthsynth.generation.common import timestep_embedding
 
 
 class LayerNorm2d(nn.Module):
@@ -77,14 +77,6 @@ class NAFBlock(nn.Module):
         x = x + self.beta * self.project(h)
         h = simple_gate(self.ffn_in(self.norm2(x)))
         return x + self.gamma * self.ffn_out(h)
-
-
-def timestep_embedding(timesteps: torch.Tensor, dim: int) -> torch.Tensor:
-    """Sinusoidal embedding of (B,) timesteps -> (B, dim)."""
-    half = dim // 2
-    frequencies = torch.exp(-math.log(10000) * torch.arange(half, device=timesteps.device) / half)
-    angles = timesteps.float()[:, None] * frequencies[None]
-    return torch.cat([angles.sin(), angles.cos()], dim=1)
 
 
 class CPEM(nn.Module):

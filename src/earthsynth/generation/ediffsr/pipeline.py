@@ -28,32 +28,13 @@ import torch.nn.functional as F
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
+from earthsynth.generation.common import blend_ramp, tile_starts
 from earthsynth.generation.ediffsr.scheduler import MeanRevertingScheduler
 
 
 @dataclass
 class EDiffSRPipelineOutput(BaseOutput):
     images: torch.Tensor | np.ndarray
-
-
-def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Start offsets of tiles of `tile` pixels covering `length`, neighbours sharing >= `overlap`."""
-    if length <= tile:
-        return [0]
-    stride = tile - overlap
-    starts = list(range(0, length - tile, stride)) + [length - tile]
-    return sorted(set(starts))
-
-
-def blend_ramp(size: int, overlap: int, at_start: bool, at_end: bool) -> torch.Tensor:
-    """(size,) weights: 1 inside, rising / falling linearly over `overlap` where a neighbour is."""
-    weights = torch.ones(size)
-    ramp = (torch.arange(overlap, dtype=torch.float32) + 0.5) / overlap
-    if overlap and not at_start:
-        weights[:overlap] = ramp
-    if overlap and not at_end:
-        weights[size - overlap:] = ramp.flip(0)
-    return weights
 
 
 class EDiffSRPipeline(DiffusionPipeline):

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from earthsynth.data.common import atomic_write, one_line
+from earthsynth.data.common import atomic_write
 from earthsynth.data.geotiff import PLAIN_IMAGE_SUFFIXES, Raster, read_geotiff, write_geotiff
 from earthsynth.errors import InputError
 
@@ -39,26 +39,10 @@ TIFF_OUTPUTS = (".tif", ".tiff")
 
 def load_pipeline(model_dir=None):
     """The ediffsr pipeline in `model_dir` (default: the bundled checkpoint), on the GPU if there is one."""
-    from earthsynth.generation.common import bundled_checkpoint
+    from earthsynth.generation.common import load_pipeline_quietly
     from earthsynth.generation.ediffsr.pipeline import EDiffSRPipeline
 
-    model_dir = Path(model_dir) if model_dir else bundled_checkpoint("ediffsr")
-    if not (model_dir / "model_index.json").is_file():
-        raise InputError(model_dir, "not an ediffsr pipeline folder (no model_index.json)")
-    from diffusers.utils import logging as diffusers_logging
-
-    # diffusers draws a "Loading pipeline components" bar on stderr, where only errors belong
-    bar_was_on = diffusers_logging.is_progress_bar_enabled()
-    diffusers_logging.disable_progress_bar()
-    try:
-        pipe = EDiffSRPipeline.from_pretrained(model_dir)
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise InputError(model_dir, f"cannot load the ediffsr pipeline ({one_line(err)})") from None
-    finally:
-        if bar_was_on:
-            diffusers_logging.enable_progress_bar()
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to("cuda") if torch.cuda.is_available() else pipe
+    return load_pipeline_quietly(EDiffSRPipeline, model_dir, "ediffsr")
 
 
 def check_output_path(src: Path, out: Path) -> None:
