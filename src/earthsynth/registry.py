@@ -41,6 +41,8 @@ FAMILIES: dict[str, str] = {
     "smoke": "earthsynth.generation.smoke:FAMILY",
     "ediffsr": "earthsynth.generation.ediffsr:FAMILY",
     "aerogen": "earthsynth.generation.aerogen:FAMILY",
+    "hsi_autoencoder": "earthsynth.generation.hsi:AUTOENCODER_FAMILY",
+    "hsi": "earthsynth.generation.hsi:FAMILY",
     "detector": "earthsynth.augment.detector:FAMILY",
     "classifier": "earthsynth.augment.classifier:FAMILY",
 }

@@ -2,7 +2,8 @@
 
 Every reader returns a `Cube`: float32 data (bands, H, W) with values as stored (no
 reflectance scale factor applied; it is kept in the metadata), wavelengths in micrometres
-when the file says them. Every reader refuses NaN / inf values (an InputError naming the
+when the file says them, and the file's own data type as metadata["dtype"] (so a tool
+can write its result back in that type). Every reader refuses NaN / inf values (an InputError naming the
 band and the count) unless `allow_nan=True`, and checks `expected_bands` when given.
 
 ENVI spectral libraries (`file type = ENVI Spectral Library`: one spectrum per line, the
@@ -134,7 +135,8 @@ def read_envi(path: str | os.PathLike, allow_nan: bool = False, expected_bands: 
     if names is not None and (not isinstance(names, list) or len(names) != bands):
         raise InputError(hdr_path, f"'band names' lists {len(names) if isinstance(names, list) else 1} names for {bands} bands")
     cube = Cube(data, _envi_wavelengths(hdr_path, header, bands), band_names=names,
-                path=str(data_path), metadata={"envi": header, "header_path": str(hdr_path)})
+                path=str(data_path), metadata={"envi": header, "header_path": str(hdr_path),
+                                               "dtype": ENVI_DTYPES[_header_int(header, "data type", hdr_path)]})
     return check_cube(cube, allow_nan, expected_bands)
 
 
@@ -313,7 +315,8 @@ def read_mat(path: str | os.PathLike, key: str | None = None, layout: str = "HWB
     except Exception as err:
         raise InputError(path, f"cannot read as a MATLAB file: {one_line(err)}") from None
     key, array = _pick_array(path, arrays, key)
-    return check_cube(Cube(_to_bhw(path, array, layout), path=str(path), metadata={"key": key, "layout": layout}),
+    return check_cube(Cube(_to_bhw(path, array, layout), path=str(path), metadata={"key": key, "layout": layout,
+                                                                                   "dtype": array.dtype.str}),
                       allow_nan, expected_bands)
 
 
@@ -337,7 +340,7 @@ def read_npy(path: str | os.PathLike, layout: str | None = None, allow_nan: bool
         raise InputError(path, f"expected a 3-D array, got shape {array.shape}")
     if layout is None:
         layout = "HWB" if array.shape[0] == array.shape[1] != array.shape[2] else "BHW"
-    return check_cube(Cube(_to_bhw(path, array, layout), path=str(path), metadata={"layout": layout}),
+    return check_cube(Cube(_to_bhw(path, array, layout), path=str(path), metadata={"layout": layout, "dtype": array.dtype.str}),
                       allow_nan, expected_bands)
 
 
@@ -349,7 +352,8 @@ def read_tiff_cube(path: str | os.PathLike, allow_nan: bool = False, expected_ba
     """
     raster = read_geotiff(path)
     cube = Cube(raster.data, band_names=raster.band_names or None, path=str(path),
-                metadata={"crs": raster.crs, "transform": raster.transform, "nodata": raster.nodata})
+                metadata={"crs": raster.crs, "transform": raster.transform, "nodata": raster.nodata,
+                          "tags": raster.tags, "dtype": raster.data.dtype.str})
     return check_cube(cube, allow_nan, expected_bands)
 
 

@@ -1,0 +1,99 @@
+"""`earthsynth denoise`: denoise a hyperspectral cube file with an hsi pipeline.
+
+Input: ENVI (.hdr or its data file), MATLAB .mat, .npy or a multi-band GeoTIFF (see
+earthsynth.data.hsi). Output: the format its name says (.hdr / .img for ENVI, .mat, .npy,
+.tif), in the input's data type (integers rounded and clipped to their range); ENVI output
+is float32 (the one type write_envi writes). A GeoTIFF output keeps the input GeoTIFF's CRS,
+transform, nodata, tags and band names; ENVI output keeps the wavelengths and band names;
+.mat output stores the cube under the input's variable name (or "cube") as (H, W, bands).
+Everything is checked before the model loads, and the output is written atomically.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from earthsynth.data.common import atomic_write, one_line
+from earthsynth.data.geotiff import Raster, write_geotiff
+from earthsynth.data.hsi import Cube, read_cube, write_envi
+from earthsynth.errors import InputError
+from earthsynth.generation.hsi.pipeline import to_dtype
+
+OUTPUT_SUFFIXES = (".hdr", ".img", ".mat", ".npy", ".tif", ".tiff")
+
+
+def load_pipeline(model_dir=None):
+    """The hsi pipeline in `model_dir` (default: the bundled checkpoint), on the GPU if there is one."""
+    from earthsynth.generation.common import load_pipeline_quietly
+    from earthsynth.generation.hsi.pipeline import HSIDenoisePipeline
+
+    return load_pipeline_quietly(HSIDenoisePipeline, model_dir, "hsi")
+
+
+def read_input(src: Path, key: str | None = None, layout: str | None = None) -> Cube:
+    """Read and check a cube: finite values, at least 2 bands and 4x4 pixels."""
+    options = {}
+    if key is not None:
+        if src.suffix.lower() != ".mat":
+            raise InputError(src, "--key applies to .mat files only")
+        options["key"] = key
+    if layout is not None:
+        if src.suffix.lower() not in (".mat", ".npy"):
+            raise InputError(src, "--layout applies to .mat and .npy files only")
+        options["layout"] = layout
+    cube = read_cube(src, **options)
+    if cube.bands < 2:
+        raise InputError(src, "has 1 band: a hyperspectral cube needs at least 2 (for one band use an image denoiser)")
+    if cube.height < 4 or cube.width < 4:
+        raise InputError(src, f"is {cube.height}x{cube.width} pixels; at least 4x4 expected")
+    return cube
+
+
+def check_output_path(out: Path) -> None:
+    if out.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise InputError(out, f"unsupported output format; name it {', '.join(OUTPUT_SUFFIXES)}")
+    if not out.parent.is_dir():
+        raise InputError(out, f"output folder {out.parent} does not exist")
+
+
+def write_output(out: Path, cube: Cube, data: np.ndarray) -> Path:
+    """Write `data` (bands, H, W) to `out` in the format its suffix names, atomically."""
+    suffix = out.suffix.lower()
+    if suffix in (".hdr", ".img"):
+        return write_envi(out, Cube(data, cube.wavelengths, cube.band_names), description="denoised by earthsynth")
+    if suffix == ".npy":
+        with atomic_write(out, "wb") as f:
+            np.save(f, data)
+    elif suffix == ".mat":
+        import scipy.io
+
+        with atomic_write(out, "wb") as f:
+            scipy.io.savemat(f, {cube.metadata.get("key", "cube"): np.transpose(data, (1, 2, 0))})
+    else:
+        write_geotiff(out, Raster(data, crs=cube.metadata.get("crs"), transform=cube.metadata.get("transform"),
+                                  nodata=cube.metadata.get("nodata"), tags=cube.metadata.get("tags", {}),
+                                  band_names=cube.band_names or []))
+    return out
+
+
+def denoise_file(src, out, model_dir=None, steps: int = 4, strength: float = 0.5, tile: int = 64,
+                 seed: int = 0, key: str | None = None, layout: str | None = None) -> Path:
+    """Denoise the cube in `src` and write it to `out`; returns the written path (the .hdr for ENVI)."""
+    src, out = Path(src), Path(out)
+    check_output_path(out)
+    if out.resolve() == src.resolve():
+        raise InputError(out, "is the input file; choose another output name")
+    cube = read_input(src, key, layout)
+    pipe = load_pipeline(model_dir)
+    try:
+        denoised = pipe(cube.data, num_inference_steps=steps, strength=strength, tile=tile,
+                        generator=torch.Generator().manual_seed(seed)).cube
+    except ValueError as err:  # the pipeline's checks of steps, strength, tile
+        raise InputError(src, one_line(err)) from None
+    dtype = np.dtype(cube.metadata.get("dtype", "float32"))
+    if out.suffix.lower() in (".hdr", ".img"):
+        dtype = np.dtype(np.float32)
+    return write_output(out, cube, to_dtype(denoised, dtype))

@@ -1,0 +1,275 @@
+"""The hsi family: clean cubes from the real spectral library, the 3D autoencoder and latent
+denoiser at any band count, the pipeline, the three training stages, and `earthsynth denoise`
+over every cube format with its errors."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from diffusers import DDIMScheduler
+
+from earthsynth.cli import main
+from earthsynth.config import load_config
+from earthsynth.data.geotiff import Raster, read_geotiff, write_geotiff
+from earthsynth.data.hsi import Cube, read_cube, write_envi
+from earthsynth.data.hsi_scenes import (
+    OTHER_GROUPS,
+    VEGETATION_GROUPS,
+    SyntheticCubes,
+    abundances_from_rgb,
+    resample_bands,
+    spectral_library,
+)
+from earthsynth.errors import InputError
+from earthsynth.generation.hsi import (
+    HSIAutoencoder,
+    HSIConditionEncoder,
+    HSIDenoisePipeline,
+    LatentDenoiser3D,
+)
+from earthsynth.generation.hsi.model import pad_cube
+from earthsynth.generation.hsi.pipeline import normalisation, to_dtype
+from earthsynth.training.loop import train
+from tests_support import assert_input_error
+
+
+def tiny_pipeline() -> HSIDenoisePipeline:
+    torch.manual_seed(0)
+    autoencoder = HSIAutoencoder(latent_channels=2, base_channels=4, hidden_channels=8, blocks=1, decoder_channels=4)
+    condition_encoder = HSIConditionEncoder(out_channels=2, base_channels=4, hidden_channels=8, blocks=1)
+    denoiser = LatentDenoiser3D(latent_channels=2, condition_channels=2, width=8, blocks_per_level=1)
+    scheduler = DDIMScheduler(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2", prediction_type="sample",
+                              clip_sample=False)
+    pipe = HSIDenoisePipeline(autoencoder, condition_encoder, denoiser, scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("hsi") / "model"
+    tiny_pipeline().save_pretrained(folder)
+    return folder
+
+
+# ----------------------------------------------------------------------------- clean cubes
+def test_held_out_spectra_never_reach_training_cubes():
+    library = spectral_library()
+    assert library.spectra.shape == (7261, 180)
+    for groups in (VEGETATION_GROUPS, OTHER_GROUPS):
+        train, test = set(library.indices("train", groups)), set(library.indices("test", groups))
+        assert train and test and not train & test
+    assert 0.15 < library.held_out.mean() < 0.25
+    # every held-out spectrum is really held out: a test cube is a mix of held-out spectra only
+    cubes = SyntheticCubes("test", tile_size=16)
+    assert {cubes.tiles.tiles[i].source.image_id for i in range(len(cubes))} == {"OSBS_029"}
+
+
+def test_synthetic_cubes_are_fixed_by_index_and_follow_the_scene():
+    cubes = SyntheticCubes("val", tile_size=32)
+    first, again = cubes[3]["cube"], cubes[3]["cube"]
+    assert first.shape == (180, 32, 32) and torch.equal(first, again)
+    assert not torch.equal(first, cubes[4]["cube"])
+    assert 0 <= float(first.min()) and float(first.max()) < 2
+    # a mixture of a few materials: the cube is close to low rank, but not exactly rank 1
+    singular = torch.linalg.svdvals(first.reshape(180, -1) - first.reshape(180, -1).mean(1, keepdim=True))
+    assert singular[1] > 1e-3 * singular[0] and singular[12] < 1e-2 * singular[0]
+
+
+def test_abundances_follow_colours():
+    rgb = torch.zeros(3, 8, 8)
+    rgb[1, :, :4] = 1.0  # green left half, black right half
+    abundances, anchors = abundances_from_rgb(rgb, 2, torch.Generator().manual_seed(0))
+    assert torch.allclose(abundances.sum(0), torch.ones(8, 8))
+    green = int(anchors[:, 1].argmax())
+    assert abundances[green, :, :4].min() > 0.99 and abundances[green, :, 4:].max() < 0.01
+
+
+def test_resample_bands_keeps_the_range_ends_and_lines():
+    ramp = torch.linspace(0, 1, 180)[None, :, None, None].expand(2, 180, 3, 3)
+    out = resample_bands(ramp, 31)
+    assert out.shape == (2, 31, 3, 3)
+    assert torch.allclose(out[0, :, 0, 0], torch.linspace(0, 1, 31), atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- networks
+@pytest.mark.parametrize("bands,size", [(31, 16), (103, 13), (2, 6)])
+def test_autoencoder_and_denoiser_take_any_band_count_and_size(bands, size):
+    pipe = tiny_pipeline()
+    cube = torch.rand(2, bands, size, size)
+    padded = pad_cube(cube)
+    assert all(s % 4 == 0 for s in padded.shape[1:]) and torch.equal(padded[:, :bands, :size, :size], cube)
+    latent = pipe.autoencoder.encode(cube)
+    assert latent.shape == (2, 2, padded.shape[1] // 2, padded.shape[2] // 2, padded.shape[3] // 2)
+    assert pipe.autoencoder.decode(latent, (bands, size, size)).shape == cube.shape
+    condition = pipe.condition_encoder(cube)
+    assert pipe.denoiser(latent, torch.tensor([5, 50]), condition).shape == latent.shape
+
+
+def test_normalisation_maps_to_unit_range_and_keeps_zero():
+    cube = torch.rand(1, 8, 16, 16) * 4000
+    offset, scale = normalisation(cube)
+    assert float(offset) == 0 and 3900 < float(scale) < 4001
+    shifted = cube - 1000
+    offset, _ = normalisation(shifted)
+    assert -1001 < float(offset) < -990
+
+
+def test_to_dtype_rounds_and_clips_integers():
+    out = to_dtype(np.array([-3.0, 1.6, 70000.0]), np.uint16)
+    assert out.dtype == np.uint16 and out.tolist() == [0, 2, 65535]
+
+
+# ----------------------------------------------------------------------------- pipeline
+def test_pipeline_keeps_shape_and_dtype_and_is_reproducible():
+    pipe = tiny_pipeline()
+    cube = (np.random.default_rng(0).random((12, 20, 20)) * 1000).astype(np.uint16)
+    out = pipe(cube, num_inference_steps=2, generator=torch.Generator().manual_seed(1)).cube
+    again = pipe(cube, num_inference_steps=2, generator=torch.Generator().manual_seed(1)).cube
+    assert out.shape == cube.shape and out.dtype == np.uint16 and np.array_equal(out, again)
+    as_tensor = pipe(torch.from_numpy(cube.astype(np.float32)), 2, output_type="pt",
+                     generator=torch.Generator().manual_seed(1)).cube
+    assert as_tensor.dtype == torch.float32 and as_tensor.shape == cube.shape
+
+
+def test_pipeline_tiles_blend_to_the_whole_cube():
+    """Tiling is exact where tiles do not overlap the border differently: a cube smaller than the
+    tile goes through in one piece, and a larger one is covered completely by blended tiles."""
+    pipe = tiny_pipeline()
+    cube = np.random.default_rng(1).random((6, 40, 36)).astype(np.float32)
+    whole = pipe(cube, 1, tile=64, generator=torch.Generator().manual_seed(0)).cube
+    tiled = pipe(cube, 1, tile=16, overlap=4, generator=torch.Generator().manual_seed(0)).cube
+    assert tiled.shape == whole.shape and np.isfinite(tiled).all()
+    assert np.abs(tiled - whole).mean() < np.abs(whole).mean()
+
+
+@pytest.mark.parametrize("cube,kw,words", [
+    (np.full((1, 8, 8), 0.5, np.float32), {}, "at least 2 bands"),
+    (np.zeros((8, 8), np.float32), {}, "(bands, H, W)"),
+    (np.full((4, 8, 8), np.nan, np.float32), {}, "NaN"),
+    (np.zeros((4, 2, 8), np.float32), {}, "at least 4x4"),
+    (np.zeros((4, 8, 8), np.float32), {"strength": 0.0}, "strength"),
+    (np.zeros((4, 8, 8), np.float32), {"num_inference_steps": 0}, "num_inference_steps"),
+])
+def test_pipeline_rejects_bad_input(cube, kw, words):
+    with pytest.raises(ValueError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        tiny_pipeline()(cube, **kw)
+
+
+def test_pipeline_round_trips_through_save_pretrained(model_dir):
+    loaded = HSIDenoisePipeline.from_pretrained(model_dir)
+    cube = np.random.default_rng(2).random((5, 12, 12)).astype(np.float32)
+    a = tiny_pipeline()(cube, 2, generator=torch.Generator().manual_seed(0)).cube
+    b = loaded(cube, 2, generator=torch.Generator().manual_seed(0)).cube
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- three training stages
+def test_three_training_stages_chain(tmp_path):
+    common = {"data": {"tile_size": 16, "sources": ["deepforest"]},
+              "train": {"max_steps": 2, "batch_size": 2, "checkpoint_every": 2, "log_every": 1}}
+    small = {"base_channels": 4, "hidden_channels": 8, "blocks": 1, "decoder_channels": 4, "latent_channels": 2,
+             "condition_channels": 2, "denoiser_width": 8, "denoiser_blocks": 1, "train_bands": [9, 12]}
+    stage1 = load_config(tree={"family": "hsi_autoencoder", "output_dir": str(tmp_path / "ae"), "model": small, **common})
+    train(stage1, show_progress=False)
+    exported = HSIAutoencoder.from_pretrained(tmp_path / "ae" / "final" / "autoencoder")
+    assert exported.config.scaling_factor != 1.0  # set so latents have unit variance
+    stage2 = load_config(tree={"family": "hsi", "output_dir": str(tmp_path / "s2"),
+                               "model": {**small, "autoencoder": str(tmp_path / "ae" / "final")}, **common})
+    train(stage2, show_progress=False)
+    stage3 = load_config(tree={"family": "hsi", "output_dir": str(tmp_path / "s3"),
+                               "model": {**small, "init_from": str(tmp_path / "s2" / "final"),
+                                         "noise_kinds": ["mixture"]}, **common})
+    result = train(stage3, show_progress=False)
+    pipe = HSIDenoisePipeline.from_pretrained(result["final_dir"])
+    # the autoencoder stays frozen through stages 2 and 3
+    for name, tensor in pipe.autoencoder.state_dict().items():
+        assert torch.equal(tensor, exported.state_dict()[name]), name
+    assert pipe(np.random.default_rng(0).random((10, 16, 16)).astype(np.float32), 2).cube.shape == (10, 16, 16)
+
+
+def test_stage_two_needs_the_autoencoder(tmp_path):
+    config = load_config(tree={"family": "hsi", "output_dir": str(tmp_path), "model": {}})
+    with pytest.raises(InputError, match="stage-1 export"):
+        train(config, show_progress=False)
+    config = load_config(tree={"family": "hsi", "output_dir": str(tmp_path),
+                               "model": {"autoencoder": "x", "noise_kinds": ["fog"]}})
+    with pytest.raises(InputError, match="fog"):
+        train(config, show_progress=False)
+
+
+# ----------------------------------------------------------------------------- earthsynth denoise
+def noisy_cube(bands=7, size=12, dtype=np.float32):
+    rng = np.random.default_rng(3)
+    return (rng.random((bands, size, size)) * (1000 if dtype != np.float32 else 1)).astype(dtype)
+
+
+def test_denoise_every_format(tmp_path, model_dir):
+    data = noisy_cube(dtype=np.uint16)
+    np.save(tmp_path / "in.npy", data)
+    import scipy.io
+
+    scipy.io.savemat(tmp_path / "in.mat", {"indian_pines": data.transpose(1, 2, 0)})
+    write_envi(tmp_path / "in.hdr", Cube(data, wavelengths=np.linspace(0.4, 2.4, 7)))
+    write_geotiff(tmp_path / "in.tif", Raster(data, crs="EPSG:32617", transform=(1.0, 0, 400000, 0, -1.0, 3280000),
+                                             tags={"SENSOR": "test"}, band_names=[f"b{i}" for i in range(7)]))
+    for source, target in [("in.npy", "out.npy"), ("in.mat", "out.mat"), ("in.hdr", "out.hdr"), ("in.tif", "out.tif"),
+                           ("in.npy", "as.tif")]:
+        assert main(["denoise", str(tmp_path / source), "--out", str(tmp_path / target), "--model", str(model_dir),
+                     "--steps", "1"]) == 0, source
+        cube = read_cube(tmp_path / target)
+        assert cube.data.shape == data.shape, target
+    assert read_cube(tmp_path / "out.npy").metadata["dtype"] == np.dtype(np.uint16).str
+    assert read_cube(tmp_path / "out.mat").metadata["key"] == "indian_pines"
+    np.testing.assert_allclose(read_cube(tmp_path / "out.hdr").wavelengths, np.linspace(0.4, 2.4, 7))
+    raster = read_geotiff(tmp_path / "out.tif")
+    assert raster.crs == "EPSG:32617" and raster.transform == (1.0, 0, 400000, 0, -1.0, 3280000)
+    assert raster.data.dtype == np.uint16 and raster.tags["SENSOR"] == "test" and raster.band_names[0] == "b0"
+    with rasterio.open(tmp_path / "as.tif") as src:
+        assert src.crs is None and src.count == 7
+
+
+def test_denoise_bad_inputs_one_line_and_nothing_written(tmp_path, model_dir, capsys):
+    bad = {}
+    np.save(tmp_path / "one_band.npy", noisy_cube(bands=1))
+    bad["one_band.npy"] = "1 band"
+    nan = noisy_cube()
+    nan[2, 3, 3] = np.nan
+    np.save(tmp_path / "nan.npy", nan)
+    bad["nan.npy"] = "NaN"
+    np.save(tmp_path / "flat.npy", np.zeros((12, 12), np.float32))
+    bad["flat.npy"] = "3-D"
+    write_envi(tmp_path / "cut.hdr", Cube(noisy_cube()))
+    raw = (tmp_path / "cut.img").read_bytes()
+    (tmp_path / "cut.img").write_bytes(raw[: len(raw) // 2])
+    bad["cut.hdr"] = "truncated"
+    write_envi(tmp_path / "mismatch.hdr", Cube(noisy_cube()))
+    header = (tmp_path / "mismatch.hdr").read_text().replace("bands = 7", "bands = 9")
+    (tmp_path / "mismatch.hdr").write_text(header)
+    bad["mismatch.hdr"] = "the header says"
+    (tmp_path / "junk.mat").write_bytes(b"not a matlab file at all")
+    bad["junk.mat"] = "MATLAB"
+    for name, words in bad.items():
+        out = tmp_path / f"out_{Path(name).stem}.npy"
+        assert main(["denoise", str(tmp_path / name), "--out", str(out), "--model", str(model_dir)]) == 1, name
+        err = capsys.readouterr().err.strip()
+        # the truncated ENVI cube is named by its data file (cut.img), the others by their own name
+        assert "\n" not in err and Path(name).stem in err and words in err, (name, err)
+        assert not out.exists()
+    np.save(tmp_path / "ok.npy", noisy_cube())
+    assert main(["denoise", str(tmp_path / "ok.npy"), "--out", str(tmp_path / "x.png"), "--model", str(model_dir)]) == 1
+    assert "unsupported output format" in capsys.readouterr().err
+
+
+def test_denoise_file_errors_name_the_file(tmp_path, model_dir):
+    from earthsynth.generation.hsi.denoise import denoise_file
+
+    np.save(tmp_path / "a.npy", noisy_cube())
+    with pytest.raises(InputError) as err:
+        denoise_file(tmp_path / "a.npy", tmp_path / "a.npy", model_dir=model_dir)
+    assert_input_error(err, tmp_path / "a.npy", "is the input file")
+    with pytest.raises(InputError) as err:
+        denoise_file(tmp_path / "a.npy", tmp_path / "b.npy", model_dir=model_dir, strength=2.0)
+    assert_input_error(err, tmp_path / "a.npy", "strength")
