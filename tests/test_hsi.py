@@ -27,6 +27,7 @@ from earthsynth.generation.hsi import (
     HSIAutoencoder,
     HSIConditionEncoder,
     HSIDenoisePipeline,
+    HSIRefiner,
     LatentDenoiser3D,
 )
 from earthsynth.generation.hsi.model import pad_cube
@@ -42,7 +43,7 @@ def tiny_pipeline() -> HSIDenoisePipeline:
     denoiser = LatentDenoiser3D(latent_channels=2, condition_channels=2, width=8, blocks_per_level=1)
     scheduler = DDIMScheduler(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2", prediction_type="sample",
                               clip_sample=False)
-    pipe = HSIDenoisePipeline(autoencoder, condition_encoder, denoiser, scheduler)
+    pipe = HSIDenoisePipeline(autoencoder, condition_encoder, denoiser, HSIRefiner(channels=4, blocks=1), scheduler)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

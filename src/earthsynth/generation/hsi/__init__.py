@@ -3,8 +3,9 @@ FINCH spacecraft), any band count.
 
 Three training stages, each a config for `earthsynth train`:
   1. family "hsi_autoencoder" (configs/hsi_autoencoder.yaml): the 3D autoencoder on clean cubes;
-  2. family "hsi" (configs/hsi.yaml): the latent denoiser and the condition encoder on
-     noisy/clean pairs with one simple noise kind per batch, the autoencoder frozen;
+  2. family "hsi" (configs/hsi.yaml): the latent denoiser, the condition encoder and the
+     full-resolution refiner on noisy/clean pairs with one simple noise kind per batch, the
+     autoencoder frozen;
   3. family "hsi" again (configs/hsi_finetune.yaml): fine-tuning from stage 2 on the
      harder mixture of every noise kind at higher strength.
 Clean cubes: earthsynth.data.hsi_scenes (earthlib spectra under abundance maps from real
@@ -24,7 +25,12 @@ from diffusers import DDIMScheduler, DDPMScheduler
 from earthsynth.data.hsi_noise import NOISE_KINDS, add_noise
 from earthsynth.data.hsi_scenes import SyntheticCubes, collate_cubes, resample_bands
 from earthsynth.errors import InputError
-from earthsynth.generation.hsi.model import HSIAutoencoder, HSIConditionEncoder, LatentDenoiser3D
+from earthsynth.generation.hsi.model import (
+    HSIAutoencoder,
+    HSIConditionEncoder,
+    HSIRefiner,
+    LatentDenoiser3D,
+)
 from earthsynth.generation.hsi.pipeline import (
     HSIDenoisePipeline,
     HSIDenoisePipelineOutput,
@@ -32,7 +38,7 @@ from earthsynth.generation.hsi.pipeline import (
 )
 from earthsynth.registry import Family
 
-__all__ = ["HSIAutoencoder", "HSIConditionEncoder", "LatentDenoiser3D", "HSIDenoisePipeline",
+__all__ = ["HSIAutoencoder", "HSIConditionEncoder", "LatentDenoiser3D", "HSIRefiner", "HSIDenoisePipeline",
            "HSIDenoisePipelineOutput", "AUTOENCODER_FAMILY", "FAMILY"]
 
 
@@ -46,6 +52,8 @@ class HSIModelConfig:
     condition_channels: int = 8
     denoiser_width: int = 32
     denoiser_blocks: int = 2
+    refiner_channels: int = 16
+    refiner_blocks: int = 2
     train_bands: list[int] = field(default_factory=lambda: [31, 64])  # one drawn per batch
     # stage 2/3
     autoencoder: str = ""  # folder of the stage-1 export (its autoencoder/ subfolder or itself)
@@ -150,6 +158,7 @@ def build(config) -> dict:
         autoencoder = HSIAutoencoder.from_pretrained(folder / "autoencoder")
         condition_encoder = HSIConditionEncoder.from_pretrained(folder / "condition_encoder")
         denoiser = LatentDenoiser3D.from_pretrained(folder / "denoiser")
+        refiner = HSIRefiner.from_pretrained(folder / "refiner")
     else:
         autoencoder = load_autoencoder(mc.autoencoder)
         condition_encoder = HSIConditionEncoder(out_channels=mc.condition_channels,
@@ -162,11 +171,12 @@ def build(config) -> dict:
         denoiser = LatentDenoiser3D(latent_channels=autoencoder.config.latent_channels,
                                     condition_channels=mc.condition_channels, width=mc.denoiser_width,
                                     blocks_per_level=mc.denoiser_blocks)
+        refiner = HSIRefiner(channels=mc.refiner_channels, blocks=mc.refiner_blocks)
     autoencoder.requires_grad_(False).eval()
     scheduler = DDPMScheduler(num_train_timesteps=mc.diffusion_steps, beta_schedule="squaredcos_cap_v2",
                               prediction_type="sample", clip_sample=False)
     return {"autoencoder": autoencoder, "condition_encoder": condition_encoder, "denoiser": denoiser,
-            "scheduler": scheduler, "config": config}
+            "refiner": refiner, "scheduler": scheduler, "config": config}
 
 
 def noisy_pairs(batch: dict, config) -> tuple[torch.Tensor, torch.Tensor]:
@@ -196,15 +206,15 @@ def loss(components: dict, batch: dict) -> torch.Tensor:
     sample = scheduler.add_noise(start, torch.randn_like(start), timesteps)
     predicted = denoiser(sample, timesteps, condition)
     total = F.mse_loss(predicted, clean_latent)
-    if mc.pixel_loss_weight:
-        decoded = autoencoder.decode(predicted, tuple(clean.shape[-3:]))
-        total = total + mc.pixel_loss_weight * F.l1_loss(decoded, clean)
-    return total
+    # the pixel loss reaches the denoiser through the frozen decoder and trains the refiner
+    decoded = autoencoder.decode(predicted, tuple(clean.shape[-3:]))
+    refined = components["refiner"](noisy, decoded)
+    return total + mc.pixel_loss_weight * F.l1_loss(refined, clean)
 
 
 def make_pipeline(components: dict) -> HSIDenoisePipeline:
     pipe = HSIDenoisePipeline(autoencoder=components["autoencoder"], condition_encoder=components["condition_encoder"],
-                              denoiser=components["denoiser"],
+                              denoiser=components["denoiser"], refiner=components["refiner"],
                               scheduler=DDIMScheduler.from_config(components["scheduler"].config))
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -217,12 +227,12 @@ def preview(components: dict, config, generator: torch.Generator):
     noisy, _params = add_noise(clean, "mixture", generator=generator)
     pipe = make_pipeline(components)
     was_training = pipe.denoiser.training
-    pipe.denoiser.eval()
-    pipe.condition_encoder.eval()
+    for module in (pipe.denoiser, pipe.condition_encoder, pipe.refiner):
+        module.eval()
     denoised = torch.stack([pipe(c, config.model.preview_steps, config.model.preview_strength, generator=generator,
                                  output_type="pt").cube.cpu() for c in noisy])
-    pipe.denoiser.train(was_training)
-    pipe.condition_encoder.train(was_training)
+    for module in (pipe.denoiser, pipe.condition_encoder, pipe.refiner):
+        module.train(was_training)
     return false_colour([noisy, denoised, clean])
 
 
@@ -247,7 +257,7 @@ FAMILY = Family(
     name="hsi",
     model_config=HSIModelConfig,
     build=build,
-    trainable=("condition_encoder", "denoiser"),
+    trainable=("condition_encoder", "denoiser", "refiner"),
     dataset=dataset,
     collate=collate_cubes,
     loss=loss,

@@ -8,7 +8,8 @@ is trained on the same normalisation), (3) cut it into spatial tiles of `tile` p
 bands, overlapping by `overlap`, (4) per tile: encode the noisy cube to the latent and to the
 condition, noise the noisy latent to the timestep that `strength` names (the sample starts
 from the noisy cube, not from pure noise), run the few DDIM steps of the latent denoiser
-(which predicts the clean latent), decode, (5) blend the tiles with linear ramps, undo the
+(which predicts the clean latent), decode, and let the full-resolution refiner put back the
+texture the autoencoder cannot hold (from the noisy tile; `refine=False` skips it), (5) blend the tiles with linear ramps, undo the
 normalisation and return the input's dtype (integers rounded and clipped to their range).
 Memory is bounded by the tile size, not the scene size.
 """
@@ -23,7 +24,12 @@ from diffusers import DDIMScheduler, DiffusionPipeline
 from diffusers.utils import BaseOutput
 
 from earthsynth.generation.common import blend_ramp, tile_starts
-from earthsynth.generation.hsi.model import HSIAutoencoder, HSIConditionEncoder, LatentDenoiser3D
+from earthsynth.generation.hsi.model import (
+    HSIAutoencoder,
+    HSIConditionEncoder,
+    HSIRefiner,
+    LatentDenoiser3D,
+)
 
 
 @dataclass
@@ -44,13 +50,13 @@ def normalisation(cube: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class HSIDenoisePipeline(DiffusionPipeline):
-    model_cpu_offload_seq = "condition_encoder->autoencoder->denoiser"
+    model_cpu_offload_seq = "condition_encoder->autoencoder->denoiser->refiner"
 
     def __init__(self, autoencoder: HSIAutoencoder, condition_encoder: HSIConditionEncoder,
-                 denoiser: LatentDenoiser3D, scheduler: DDIMScheduler):
+                 denoiser: LatentDenoiser3D, refiner: HSIRefiner, scheduler: DDIMScheduler):
         super().__init__()
         self.register_modules(autoencoder=autoencoder, condition_encoder=condition_encoder, denoiser=denoiser,
-                              scheduler=scheduler)
+                              refiner=refiner, scheduler=scheduler)
 
     def check_inputs(self, cube: torch.Tensor, num_inference_steps: int, strength: float, tile: int,
                      overlap: int) -> None:
@@ -71,7 +77,7 @@ class HSIDenoisePipeline(DiffusionPipeline):
         if tile < 8 or not 0 <= overlap < tile // 2:
             raise ValueError(f"tile must be >= 8 and overlap in [0, tile/2), got tile {tile}, overlap {overlap}")
 
-    def denoise_tile(self, noisy: torch.Tensor, timesteps: torch.Tensor, generator) -> torch.Tensor:
+    def denoise_tile(self, noisy: torch.Tensor, timesteps: torch.Tensor, generator, refine: bool = True) -> torch.Tensor:
         """(1, B, h, w) normalised noisy cube -> (1, B, h, w) denoised."""
         start = self.autoencoder.encode(noisy)
         condition = self.condition_encoder(noisy)
@@ -80,12 +86,13 @@ class HSIDenoisePipeline(DiffusionPipeline):
         for t in timesteps:
             clean_latent = self.denoiser(sample, t, condition)
             sample = self.scheduler.step(clean_latent, t, sample).prev_sample
-        return self.autoencoder.decode(clean_latent, tuple(noisy.shape[-3:]))
+        decoded = self.autoencoder.decode(clean_latent, tuple(noisy.shape[-3:]))
+        return self.refiner(noisy, decoded) if refine else decoded
 
     @torch.no_grad()
     def __call__(self, cube, num_inference_steps: int = 4, strength: float = 0.5, tile: int = 64,
                  overlap: int = 8, generator: torch.Generator | None = None,
-                 output_type: str = "np") -> HSIDenoisePipelineOutput:
+                 output_type: str = "np", refine: bool = True) -> HSIDenoisePipelineOutput:
         # 1. check
         source_dtype = cube.dtype if isinstance(cube, np.ndarray) else None
         data = torch.as_tensor(np.asarray(cube, dtype=np.float32) if isinstance(cube, np.ndarray) else cube).float()
@@ -108,7 +115,7 @@ class HSIDenoisePipeline(DiffusionPipeline):
         ys, xs = tile_starts(height, tile_h, overlap), tile_starts(width, tile_w, overlap)
         for y in ys:
             for x in xs:
-                piece = self.denoise_tile(normalised[..., y:y + tile_h, x:x + tile_w], timesteps, generator)
+                piece = self.denoise_tile(normalised[..., y:y + tile_h, x:x + tile_w], timesteps, generator, refine)
                 ramp_y = blend_ramp(tile_h, overlap, y == ys[0], y == ys[-1]).to(device)
                 ramp_x = blend_ramp(tile_w, overlap, x == xs[0], x == xs[-1]).to(device)
                 w = (ramp_y[:, None] * ramp_x[None, :])[None, None]
