@@ -74,9 +74,9 @@ def tune_pipeline(pipe: HSIDenoisePipeline, noisy: list[torch.Tensor], clean: li
     return best
 
 
-def timed(method, noisy: list) -> tuple[list, float]:
+def timed(method, noisy: list, **params) -> tuple[list, float]:
     started = time.perf_counter()
-    out = [method(cube) for cube in noisy]
+    out = [method(cube.numpy(), **params) for cube in noisy]
     return out, time.perf_counter() - started
 
 
@@ -106,8 +106,7 @@ def main() -> None:
         rows = {"noisy input": {**mean_scores(test_noisy, test_clean), "params": {}, "s_per_megavoxel": 0.0}}
         for name in methods:
             params, _ = tune(name, [c.numpy() for c in val_noisy], [c.numpy() for c in val_clean])
-            method = CLASSICAL_METHODS[name][0]
-            out, seconds = timed(lambda cube: method(cube.numpy(), **params), test_noisy)
+            out, seconds = timed(CLASSICAL_METHODS[name][0], test_noisy, **params)
             rows[name] = {**mean_scores(out, test_clean), "params": params, "s_per_megavoxel": seconds / megavoxels}
         options = tune_pipeline(pipe, val_noisy, val_clean)
         started = time.perf_counter()
