@@ -86,7 +86,7 @@ def main() -> None:
     parser.add_argument("--cubes", type=int, default=4, help="test cubes and validation cubes (each)")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--bands", type=int, default=64)
-    parser.add_argument("--other-bands", default="31,103,180", help="band counts scored on the mixture")
+    parser.add_argument("--other-bands", default="31,103,224", help="band counts scored on the mixture")
     parser.add_argument("--bm4d", action="store_true", help="add BM4D (pip install bm4d; slow)")
     parser.add_argument("--json", default="benchmarks/results/hsi_denoise.json")
     args = parser.parse_args()
