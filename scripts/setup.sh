@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Install earthsynth and the real bundled data into ./.venv from nothing.
 # Idempotent: a second run only checks that everything is there.
-#   bash scripts/setup.sh            core + dev (tests)
-#   EXTRAS=dev,app bash scripts/setup.sh
+#   bash scripts/setup.sh            core + dev (tests) + app (the Gradio demo and its browser tests)
+#   EXTRAS=dev bash scripts/setup.sh  without the app
 set -euo pipefail
 cd "$(dirname "$0")/.."
-EXTRAS="${EXTRAS:-dev}"
+EXTRAS="${EXTRAS:-dev,app}"
 PY="${PYTHON:-python3}"
 
 if [ ! -x .venv/bin/python ]; then
@@ -39,5 +39,14 @@ if [ ! -f "$STARS_DIR/usr/lib/R/site-library/stars/tif/L7_ETMs.tif" ] && command
         echo "setup: r-cran-stars not available; the Landsat-7 source will be skipped" >&2
     fi
     rm -rf "$tmp"
+fi
+# 5. Optional: Debian's chromium for the app's browser tests (tests/test_app_browser.py skips
+#    without it). Needs apt-get and root; skipped quietly otherwise.
+if [[ ",$EXTRAS," == *",app,"* ]] && [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null \
+        && [ "$(id -u)" = 0 ]; then
+    if ! (apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 \
+          || { apt-get update >/dev/null 2>&1 && apt-get install -y -q chromium chromium-driver >/dev/null 2>&1; }); then
+        echo "setup: chromium not available; the app's browser tests will be skipped" >&2
+    fi
 fi
 echo "setup: ok ($(.venv/bin/python -c 'import torch, diffusers; print("torch", torch.__version__, "diffusers", diffusers.__version__)'))"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import signal
 import sys
 
 from earthsynth.errors import InputError
@@ -141,7 +142,20 @@ def cmd_denoise(args) -> int:
     return 0
 
 
-NOT_BUILT = ("generate", "app", "bench")
+def cmd_app(args) -> int:
+    try:
+        from earthsynth.app import launch_app
+    except ImportError as err:
+        raise InputError("app", f"needs the app extra ({err.name} is missing): pip install -e '.[app]'") from None
+
+    # `kill` or a service manager's stop ends the app like Ctrl+C: jobs stopped, outputs removed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    print(f"earthsynth app: serving on http://{args.host}:{args.port}/ (Ctrl+C stops)")
+    launch_app(args.host, args.port, model_dir=args.model_dir)
+    return 0
+
+
+NOT_BUILT = ("generate", "bench")
 
 
 def not_built(args) -> int:
@@ -213,6 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", help=".mat: the variable holding the cube (default: the largest 3-D array)")
     p.add_argument("--layout", choices=["BHW", "HWB"], help=".mat/.npy axis order (default: .mat HWB, .npy guessed)")
     p.set_defaults(func=cmd_denoise)
+
+    p = parsers["app"]
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--model-dir", help="folder with aerogen/, hsi/ and ediffsr/ pipeline folders that replace the bundled ones")
+    p.set_defaults(func=cmd_app)
 
     p = parsers["data"]
     p.add_argument("action", choices=["summary", "export"],

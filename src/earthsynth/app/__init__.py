@@ -1,0 +1,21 @@
+"""The Gradio demo served by `earthsynth app`: one tab per job (layout-to-image,
+hyperspectral denoising, super-resolution, dataset augmentation), thin over the pipelines
+and the file functions of the command line.
+
+    from earthsynth.app import launch_app
+    demo, ctx = launch_app("127.0.0.1", 7860, model_dir=None)
+
+Endpoints (for gradio_client): /layout_preview, /layout_random, /layout_generate,
+/hsi_denoise, /hsi_spectrum, /sr_upscale, /augment_run (a tab whose model is missing has none).
+"""
+
+__all__ = ["build_app", "launch_app"]
+
+
+def __getattr__(name: str):
+    # imported on use: the job child processes (earthsynth.app.jobs) must not pay for gradio
+    if name in __all__:
+        from earthsynth.app import ui
+
+        return getattr(ui, name)
+    raise AttributeError(f"module 'earthsynth.app' has no attribute {name!r}")

@@ -1,0 +1,205 @@
+"""What the tabs of the demo share: the model folders, per-session folders, readable errors,
+waiting on a child job, and drawing boxes."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+import re
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+from PIL import Image, ImageDraw
+
+from earthsynth.augment.report import PALETTE, load_font
+from earthsynth.boxes import Boxes
+from earthsynth.data.common import one_line
+from earthsynth.errors import InputError
+
+POLL_S = 0.5  # how often a running job reports progress (and can be stopped)
+WORK_PREFIX = "earthsynth-app-"
+# the events that run a model share this concurrency group: with the queue's limit of 1, one
+# model job runs at a time in the whole app (a CPU has no room for two), the rest wait in line
+JOBS = "model-jobs"
+
+
+class AppContext:
+    """The state of one app instance: where the models are, the per-session folders, and the
+    models kept in memory between requests."""
+
+    def __init__(self, model_dir: str | os.PathLike | None = None):
+        self.model_dir = Path(model_dir) if model_dir else None
+        if self.model_dir is not None and not self.model_dir.is_dir():
+            raise InputError(self.model_dir, "--model-dir is not a folder")
+        # every output lives under one temporary folder (WORK_PREFIX...), one sub-folder per
+        # browser session; it sits in gradio's upload folder, from where gradio serves files
+        upload_folder = Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio")
+        upload_folder.mkdir(parents=True, exist_ok=True)
+        self.work_root = Path(tempfile.mkdtemp(prefix=WORK_PREFIX, dir=upload_folder))
+        self.lock = threading.Lock()  # loading a model once, even with two requests at a time
+        self.cache: dict[str, object] = {}
+
+    # ------------------------------------------------------------------ models
+    def model_folder(self, family: str) -> Path:
+        """--model-dir/<family> when it exists, else the bundled checkpoint (InputError if none)."""
+        from earthsynth.generation.common import bundled_checkpoint
+
+        if self.model_dir is not None and (self.model_dir / family).is_dir():
+            return self.model_dir / family
+        return bundled_checkpoint(family)
+
+    def override(self, family: str) -> str:
+        """--model-dir/<family> when it exists, else "" (the bundled checkpoint)."""
+        if self.model_dir is not None and (self.model_dir / family).is_dir():
+            return str(self.model_dir / family)
+        return ""
+
+    def available(self, family: str) -> bool:
+        try:
+            self.model_folder(family)
+        except InputError:
+            return False
+        return True
+
+    def cached(self, key: str, load: Callable[[], object]):
+        """`load()` once per app; later calls get the same object."""
+        with self.lock:
+            if key not in self.cache:
+                self.cache[key] = load()
+            return self.cache[key]
+
+    # ------------------------------------------------------------------ session folders
+    def session_folder(self, request: gr.Request | None) -> Path:
+        # the session hash comes from the client: keep only harmless characters
+        session = getattr(request, "session_hash", None) or "no-session"
+        session = re.sub(r"[^A-Za-z0-9_-]", "", session)[:64] or "no-session"
+        folder = self.work_root / session
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def job_folder(self, request: gr.Request | None, tab: str) -> Path:
+        """A new empty folder for one run of `tab`; the session's earlier runs of that tab
+        are deleted (only the latest outputs of each tab are kept)."""
+        session = self.session_folder(request)
+        for old in session.glob(f"{tab}-*"):
+            shutil.rmtree(old, ignore_errors=True)
+        return Path(tempfile.mkdtemp(prefix=f"{tab}-", dir=session))
+
+    def close_session(self, request: gr.Request | None) -> None:
+        """The page was closed: its outputs go."""
+        if getattr(request, "session_hash", None):
+            shutil.rmtree(self.session_folder(request), ignore_errors=True)
+
+    def remove_all(self) -> None:
+        """The app is closing: stop the jobs still running and remove every output."""
+        from earthsynth.app.jobs import stop_all
+
+        stop_all()
+        shutil.rmtree(self.work_root, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- errors
+def readable(fn: Callable) -> Callable:
+    """`fn` with its errors turned into gr.Error messages (one line, never a traceback).
+
+    InputError is the user's to fix and is shown as it is, with the session folder cut
+    from file names; anything else is a bug: its traceback goes to the server log and the
+    page gets one line.
+    """
+
+    def message(err: Exception) -> gr.Error:
+        if isinstance(err, gr.Error):
+            return err
+        if isinstance(err, InputError):
+            return gr.Error(hide_folders(str(err)), print_exception=False)
+        traceback.print_exc()
+        return gr.Error(f"unexpected error: {one_line(err)}", print_exception=False)
+
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def generator_wrapper(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except Exception as err:
+                raise message(err) from None
+        return generator_wrapper
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:
+            raise message(err) from None
+    return wrapper
+
+
+def hide_folders(text: str) -> str:
+    """Error text without the app's temporary folders (WORK_PREFIX.../<session>/<run>/):
+    '/tmp/gradio/earthsynth-app-x/s1/hsi-y/cube.npy: ...' -> 'cube.npy: ...'."""
+    return re.sub(rf"[^\s'\"]*{WORK_PREFIX}[^/\s]*/[^/\s]+/[^/\s]+/", "", text)
+
+
+def copy_uploads(paths, folder: Path) -> list[Path]:
+    """Uploaded files (gradio keeps each in a folder of its own) copied side by side into
+    `folder` under their own names, so that an ENVI header finds its data file."""
+    if paths is None:
+        return []
+    if isinstance(paths, str | os.PathLike):
+        paths = [paths]
+    copies = []
+    for path in paths:
+        target = folder / Path(path).name
+        shutil.copyfile(path, target)
+        copies.append(target)
+    return copies
+
+
+# ----------------------------------------------------------------------------- jobs
+def wait_for(job, progress: gr.Progress, describe: Callable[[float], tuple]) -> Iterator[None]:
+    """Yield every POLL_S seconds while `job` (a ChildJob) runs, updating the progress bar
+    with describe(elapsed seconds) -> (progress, text). The caller yields after each step:
+    that is where Stop closes the handler (and its `finally` ends the job)."""
+    while job.running:
+        value, text = describe(job.elapsed)
+        progress(value, desc=text)
+        yield
+        time.sleep(POLL_S)
+
+
+def log(message: str) -> None:
+    print(f"earthsynth app: {message}", file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------- drawing
+def colour_of(label: str, labels: list[str]) -> tuple[int, int, int]:
+    return PALETTE[sorted(set(labels)).index(label) % len(PALETTE)]
+
+
+def draw_boxes(pixels: np.ndarray, boxes: Boxes, zoom: int = 4, names: bool = True) -> Image.Image:
+    """(H, W, 3) uint8 enlarged `zoom` times (nearest, pixels stay visible) with its rotated
+    boxes drawn, one colour per class."""
+    image = Image.fromarray(pixels).resize((pixels.shape[1] * zoom, pixels.shape[0] * zoom), Image.NEAREST)
+    draw = ImageDraw.Draw(image)
+    font = load_font(max(10, 3 * zoom))
+    for quad, label in zip(boxes.corners(), boxes.labels):
+        colour = colour_of(label, boxes.labels)
+        points = [(float(x * zoom), float(y * zoom)) for x, y in quad]
+        draw.line(points + points[:1], fill=colour, width=max(1, zoom // 2))
+        if names:
+            top = min(points, key=lambda p: p[1])
+            draw.text((top[0] + 2, top[1] - 3 * zoom - 2), label, fill=colour, font=font)
+    return image
+
+
+def not_available(what: str, how: str) -> str:
+    """The text of a tab whose model or family is not there yet."""
+    return f"### Not available yet\n\n{what}\n\n{how}"

@@ -1,0 +1,320 @@
+"""`earthsynth app`: the Gradio demo served on a free local port and called through
+gradio_client, one endpoint per tab; bad uploads give one readable line and the app keeps
+serving; Stop ends a running job's child process; tabs without a model say so."""
+
+import socket
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+gr = pytest.importorskip("gradio", reason="the app extra is not installed (pip install -e '.[app]')")
+from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from earthsynth.app import augment, hyperspectral, launch_app  # noqa: E402
+from earthsynth.app.common import AppContext  # noqa: E402
+from earthsynth.app.ui import build_app  # noqa: E402
+from earthsynth.boxes import Boxes  # noqa: E402
+from earthsynth.cli import main  # noqa: E402
+from earthsynth.data.export import DatasetWriter  # noqa: E402
+from earthsynth.data.geotiff import Raster, read_geotiff, write_geotiff  # noqa: E402
+from earthsynth.data.hsi import Cube, read_cube, write_envi  # noqa: E402
+from earthsynth.generation.ediffsr import EDiffSRPipeline, MeanRevertingScheduler  # noqa: E402
+from test_hsi import tiny_pipeline  # noqa: E402
+from test_upscale import tiny_eanet  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings(  # pandas 3 notices about gradio's own calls
+    "ignore:.*future.no_silent_downcasting.*", "ignore:The copy keyword is deprecated")
+
+HEADERS = ["class", "cx", "cy", "w", "h", "angle"]
+MAX_UPLOAD = 1024 * 1024  # the test app's upload limit, in bytes
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def table(rows):
+    """A Dataframe value as the API takes it."""
+    return {"headers": HEADERS, "data": rows}
+
+
+def tiny_models(folder: Path) -> Path:
+    """--model-dir with a tiny untrained hsi and x4 ediffsr pipeline (aerogen stays the bundled one)."""
+    tiny_pipeline().save_pretrained(folder / "hsi")
+    EDiffSRPipeline(eanet=tiny_eanet(), scheduler=MeanRevertingScheduler(num_train_timesteps=20)).save_pretrained(
+        folder / "ediffsr")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    models = tiny_models(tmp_path_factory.mktemp("models"))
+    port = free_port()
+    demo, ctx = launch_app("127.0.0.1", port, model_dir=models, max_file_size=MAX_UPLOAD, block=False)
+    client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+    yield client, ctx
+    demo.close()
+    ctx.remove_all()
+
+
+def assert_app_error(call, *words):
+    """The call fails with one readable line holding `words`, no traceback, no temp folder."""
+    with pytest.raises(AppError) as err:
+        call()
+    message = str(err.value)
+    assert "Traceback" not in message and "\n" not in message.strip()
+    assert "earthsynth-app-" not in message, message
+    for word in words:
+        assert word in message, f"{word!r} not in {message!r}"
+
+
+def still_serving(client):
+    _, note = client.predict(table([["Tree", 32, 32, 10, 10, 0]]), api_name="/layout_preview")
+    assert note.startswith("1 box on")
+
+
+def test_app_help(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["app", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--host", "--port", "--model-dir"):
+        assert flag in out
+
+
+# ----------------------------------------------------------------------------- layout
+def test_layout_tab_generates_an_image_with_its_boxes(app):
+    client, _ = app
+    rows = [["Tree", 18, 20, 16, 14, 0], ["Tree", 44, 42, 20, 18, 30], ["", "", "", "", "", ""]]
+    preview, note = client.predict(table(rows), api_name="/layout_preview")
+    assert np.asarray(Image.open(preview)).shape == (256, 256, 3) and note.startswith("2 boxes")
+
+    annotated, plain, layout = client.predict(table(rows), "", 2, 4.0, 2.0, 0, api_name="/layout_generate")
+    assert np.asarray(Image.open(plain)).shape == (64, 64, 3)
+    annotated = np.asarray(Image.open(annotated))
+    assert annotated.shape == (256, 256, 3)
+    assert len(layout["boxes"]) == 2 and layout["boxes"][1] == dict(zip(HEADERS, ["Tree", 44, 42, 20, 18, 30]))
+    assert "2 trees" in layout["prompt"]  # the empty prompt became a caption of the boxes
+    # the boxes are drawn: the outline colour of the class is on the enlarged image
+    outline = np.all(annotated == augment_palette_colour(), axis=-1)
+    assert outline.sum() > 100
+
+    new_rows, prompt, _, _, next_draw = client.predict(5, api_name="/layout_random")
+    assert next_draw == 6 and new_rows["headers"] == HEADERS and "m/px" in prompt
+    again, _, _, _, _ = client.predict(5, api_name="/layout_random")
+    assert again == new_rows  # a draw number is one layout
+
+
+def augment_palette_colour():
+    from earthsynth.augment.report import PALETTE
+
+    return PALETTE[0]
+
+
+def test_layout_tab_bad_tables_are_one_line(app):
+    client, _ = app
+    assert_app_error(lambda: client.predict(table([["Tree", "abc", 20, 10, 10, 0]]), "x", 2, 4.0, 0.0, 0,
+                                            api_name="/layout_generate"), "box row 1", "cx", "not a number")
+    assert_app_error(lambda: client.predict(table([["Tree", 60, 20, 30, 10, 0]]), "x", 2, 4.0, 0.0, 0,
+                                            api_name="/layout_generate"), "outside the 64x64 image")
+    _, note = client.predict(table([["Tree", 60, 20, 30, 10, 0]]), api_name="/layout_preview")
+    assert "outside the canvas" in note
+    still_serving(client)
+
+
+# ----------------------------------------------------------------------------- hyperspectral
+def test_hyperspectral_example_with_noise_is_denoised_and_scored(app):
+    client, _ = app
+    status, before, after, spectrum, downloads, x, y = client.predict(
+        hyperspectral.EXAMPLE, [], "stripes", 1.0, 1, 0.5, 0, "", "auto", api_name="/hsi_denoise")
+    assert "PSNR" in status and "| input |" in status and "| denoised |" in status
+    assert np.asarray(Image.open(before)).shape == np.asarray(Image.open(after)).shape == (256, 256, 3)
+    assert (x, y) == (32, 32)
+    assert [Path(d).suffix for d in downloads] == [".npy"]
+    denoised = read_cube(downloads[0], layout="BHW").data
+    assert denoised.shape == (64, 64, 64) and np.isfinite(denoised).all()
+    assert {row[2] for row in spectrum["data"]} == {"input", "denoised", "clean"}
+
+    # the spectrum at a pixel is that pixel's: the clean curve is the example cube there
+    spectrum = client.predict(3, 5, api_name="/hsi_spectrum")
+    clean, wavelengths = hyperspectral.example_cube()
+    curve = [row for row in spectrum["data"] if row[2] == "clean"]
+    np.testing.assert_allclose([row[1] for row in curve], clean[:, 5, 3], rtol=1e-5)
+    np.testing.assert_allclose([row[0] for row in curve], wavelengths, rtol=1e-6)
+    assert_app_error(lambda: client.predict(99, 5, api_name="/hsi_spectrum"), "outside the 64 x 64 cube")
+
+
+def test_hyperspectral_envi_upload_comes_back_as_envi(app, tmp_path):
+    client, _ = app
+    rng = np.random.default_rng(0)
+    data = rng.uniform(0, 0.5, (12, 20, 24)).astype(np.float32)
+    header = write_envi(tmp_path / "scene.hdr", Cube(data, wavelengths=np.linspace(0.45, 0.95, 12)))
+    status, _, after, _, downloads, x, y = client.predict(
+        hyperspectral.UPLOAD, [handle_file(header), handle_file(tmp_path / "scene.img")], "none", 1.0, 1, 0.5, 0,
+        "", "auto", api_name="/hsi_denoise")
+    assert "PSNR" not in status  # no clean reference for an upload without added noise
+    assert sorted(Path(d).name for d in downloads) == ["scene_denoised.hdr", "scene_denoised.img"]
+    for download in downloads:  # the client keeps each download in a folder of its own
+        (tmp_path / "back").mkdir(exist_ok=True)
+        (tmp_path / "back" / Path(download).name).write_bytes(Path(download).read_bytes())
+    returned = read_cube(tmp_path / "back" / "scene_denoised.hdr")
+    assert returned.data.shape == (12, 20, 24)
+    np.testing.assert_allclose(returned.wavelengths, np.linspace(0.45, 0.95, 12))
+    assert (x, y) == (12, 10)
+
+
+def test_hyperspectral_nan_cube_is_refused_and_the_app_goes_on(app, tmp_path):
+    client, _ = app
+    cube = np.ones((8, 16, 16), dtype=np.float32)
+    cube[2, 3, 4] = np.nan
+    np.save(tmp_path / "holes.npy", cube)
+    assert_app_error(lambda: client.predict(hyperspectral.UPLOAD, [handle_file(tmp_path / "holes.npy")], "none",
+                                            1.0, 1, 0.5, 0, "", "BHW", api_name="/hsi_denoise"),
+                     "holes.npy", "NaN")
+    still_serving(client)
+
+
+# ----------------------------------------------------------------------------- super-resolution
+def test_super_resolution_keeps_a_geotiff_georeferenced(app, tmp_path):
+    client, _ = app
+    data = np.random.default_rng(1).integers(0, 4000, (3, 16, 16)).astype(np.uint16)
+    write_geotiff(tmp_path / "scene.tif", Raster(data=data, crs="EPSG:32617",
+                                                 transform=(0.4, 0.0, 404000.0, 0.0, -0.4, 3285000.0)))
+    status, before, after, result = client.predict(handle_file(tmp_path / "scene.tif"), "x4", 1, 0,
+                                                   api_name="/sr_upscale")
+    assert Path(result).name == "scene_x4.tif"
+    out = read_geotiff(result)
+    assert out.data.shape == (3, 64, 64) and out.data.dtype == np.uint16
+    assert "32617" in str(out.crs) and out.transform[0] == pytest.approx(0.1) and out.transform[2] == 404000.0
+    assert np.asarray(Image.open(after)).shape == (64, 64, 3) and "georeferencing kept" in status
+
+
+def test_super_resolution_bad_and_oversize_uploads(app, tmp_path):
+    client, _ = app
+    (tmp_path / "notes.png").write_text("not an image at all")
+    assert_app_error(lambda: client.predict(handle_file(tmp_path / "notes.png"), "x4", 1, 0,
+                                            api_name="/sr_upscale"), "notes.png")
+    (tmp_path / "big.png").write_bytes(b"\0" * (2 * MAX_UPLOAD))
+    with pytest.raises(Exception) as err:  # refused at upload, before any handler runs
+        client.predict(handle_file(tmp_path / "big.png"), "x4", 1, 0, api_name="/sr_upscale")
+    assert "413" in str(err.value) or "size" in str(err.value).lower()
+    still_serving(client)
+
+
+# ----------------------------------------------------------------------------- augment
+def test_augment_bundled_dataset_gives_a_coco_zip(app, tmp_path):
+    from pycocotools.coco import COCO
+
+    client, _ = app
+    status, accepted, rejected, archive = client.predict(augment.BUNDLED, None, "voc", 2, ["coco", "yolo"], 4, 0,
+                                                         api_name="/augment_run")
+    assert "2 of 2 wanted images" in status
+    assert len(accepted) == 2 and all("passed every check" in item["caption"] for item in accepted)
+    assert rejected and all(":" in item["caption"] and "passed" not in item["caption"] for item in rejected)
+    assert np.asarray(Image.open(accepted[0]["image"])).shape == (192, 192, 3)
+    with zipfile.ZipFile(archive) as zf:
+        names = zf.namelist()
+        zf.extractall(tmp_path)
+    assert "synthetic-dataset/manifest.jsonl" in names and "synthetic-dataset/yolo/data.yaml" in names
+    assert not any("/candidates/" in name for name in names)
+    coco = COCO(str(tmp_path / "synthetic-dataset" / "coco" / "annotations" / "instances_train.json"))
+    assert len(coco.getImgIds()) == 2
+    assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == ["Tree"]
+
+
+def test_augment_damaged_zip_is_one_line(app, tmp_path):
+    client, _ = app
+    dataset = voc_zip(tmp_path)
+    (tmp_path / "cut.zip").write_bytes(dataset.read_bytes()[: dataset.stat().st_size // 2])
+    assert_app_error(lambda: client.predict(augment.UPLOAD, handle_file(tmp_path / "cut.zip"), "voc", 1, ["coco"],
+                                            2, 0, api_name="/augment_run"), "cut.zip", "not a readable zip")
+    still_serving(client)
+
+
+def voc_zip(folder: Path) -> Path:
+    """A one-image VOC dataset (128 px, two trees) zipped inside a top-level folder."""
+    pixels = np.random.default_rng(0).integers(0, 255, (128, 128, 3)).astype(np.uint8)
+    with DatasetWriter(folder / "trees", "voc", ["Tree"]) as writer:
+        writer.add("train", "plot_1", pixels, Boxes.from_xyxy([[10, 10, 40, 40], [60, 70, 100, 110]], ["Tree"] * 2))
+    archive = folder / "trees.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted((folder / "trees").rglob("*")):
+            zf.write(path, path.relative_to(folder))
+    return archive
+
+
+def test_unpacked_zip_root_is_the_dataset_folder(tmp_path):
+    root = augment.unpack_dataset(voc_zip(tmp_path), tmp_path / "unpacked")
+    assert root == tmp_path / "unpacked" / "trees" and (root / "Annotations" / "plot_1.xml").is_file()
+
+
+def test_stop_ends_the_running_job(app, tmp_path):
+    client, _ = app
+    job = client.submit(augment.UPLOAD, handle_file(voc_zip(tmp_path)), "voc", 64, ["coco"], 20, 0,
+                        api_name="/augment_run")
+    me = psutil.Process()
+    deadline = time.monotonic() + 60
+    while not me.children() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    children = me.children()
+    assert children, "the augment job never started"
+    time.sleep(1.0)
+    job.cancel()
+    gone, alive = psutil.wait_procs(children, timeout=15)
+    for child in alive:  # never leave a runaway job behind a failed test
+        child.kill()
+    assert not alive, "Stop left the job running"
+    still_serving(client)
+
+
+# ----------------------------------------------------------------------------- missing models
+def test_tabs_without_a_model_say_how_to_get_one(monkeypatch, tmp_path):
+    import earthsynth.generation.common as common
+    from earthsynth.errors import InputError
+
+    real = common.bundled_checkpoint
+
+    def only_aerogen(name):  # as on a machine where hsi and ediffsr have not been trained
+        if name in ("hsi", "ediffsr"):
+            raise InputError(f"assets/{name}", "bundled checkpoint missing")
+        return real(name)
+
+    monkeypatch.setattr(common, "bundled_checkpoint", only_aerogen)
+    ctx = AppContext(tmp_path)  # a --model-dir without hsi/ or ediffsr/
+    try:
+        demo = build_app(ctx)
+    finally:
+        ctx.remove_all()
+    texts = [c.get("props", {}).get("value") or "" for c in demo.config["components"]]
+    texts = [t if isinstance(t, str) else "" for t in texts]
+    hsi = next(t for t in texts if "hsi model" in t)
+    assert "Not available yet" in hsi and "earthsynth train configs/hsi" in hsi and "--model-dir" in hsi
+    assert any("Not available yet" in t and "ediffsr" in t for t in texts)
+    assert any("text2earth" in t and "not built yet" in t for t in texts)
+    assert any("crsdiff" in t and "not built yet" in t for t in texts)
+    endpoints = {d.get("api_name") for d in demo.config["dependencies"]}
+    assert "layout_generate" in endpoints and "augment_run" in endpoints
+    assert not endpoints & {"hsi_denoise", "sr_upscale"}
+
+
+def test_demo_noise_follows_the_cube_units_and_envi_uploads_open_by_their_header(tmp_path):
+    reflectance = np.full((8, 16, 16), 0.3, dtype=np.float32)
+    digital = reflectance * 10000  # the same scene in digital numbers
+    noisy_r = hyperspectral.with_noise(reflectance, "gaussian", 1.0, seed=0)
+    noisy_d = hyperspectral.with_noise(digital, "gaussian", 1.0, seed=0)
+    # the simulator's amplitudes are for reflectance: digital numbers (brought to 0-1 by their
+    # 99.9th percentile, 3000 here) get the same noise at their own scale
+    assert 0.005 < np.std(noisy_r - reflectance) < 0.2
+    np.testing.assert_allclose((noisy_d - digital) / 3000, noisy_r - reflectance, atol=1e-4)
+    files = [tmp_path / "scene.img", tmp_path / "scene.hdr"]
+    assert hyperspectral.pick_cube_file(files) == tmp_path / "scene.hdr"
+    with pytest.raises(Exception, match="give one cube file"):
+        hyperspectral.pick_cube_file([tmp_path / "a.npy", tmp_path / "b.npy"])
