@@ -30,7 +30,8 @@ from earthsynth.generation.hsi import (
     HSIRefiner,
     LatentDenoiser3D,
 )
-from earthsynth.generation.hsi.model import pad_cube
+from earthsynth.generation.hsi.classical import pca_truncation
+from earthsynth.generation.hsi.model import pad_cube, subspace_projections
 from earthsynth.generation.hsi.pipeline import normalisation, to_dtype
 from earthsynth.training.loop import train
 from tests_support import assert_input_error
@@ -107,6 +108,19 @@ def test_autoencoder_and_denoiser_take_any_band_count_and_size(bands, size):
     assert pipe.autoencoder.decode(latent, (bands, size, size)).shape == cube.shape
     condition = pipe.condition_encoder(cube)
     assert pipe.denoiser(latent, torch.tensor([5, 50]), condition).shape == latent.shape
+    assert pipe.refiner(cube, cube * 0.5).shape == cube.shape
+
+
+def test_refiner_projections_are_the_classical_pca_truncation():
+    # a rank-3 cube plus noise: the refiner's inputs must match the numpy PCA denoiser
+    generator = torch.Generator().manual_seed(0)
+    cube = torch.einsum("kb,khw->bhw", torch.rand(3, 24, generator=generator), torch.rand(3, 10, 9, generator=generator))
+    noisy = cube + 0.05 * torch.randn(cube.shape, generator=generator)
+    rank2, rank3, everything = subspace_projections(noisy[None], [2, 3, 24])
+    for rank, projected in ((2, rank2), (3, rank3)):
+        assert np.allclose(projected[0].numpy(), pca_truncation(noisy.numpy(), rank), atol=1e-5)
+    assert torch.equal(everything[0], noisy)
+    assert (rank3[0] - cube).abs().mean() < (noisy - cube).abs().mean() / 2  # the projection removes noise
 
 
 def test_normalisation_maps_to_unit_range_and_keeps_zero():

@@ -54,7 +54,7 @@ class HSIModelConfig:
     denoiser_blocks: int = 2
     refiner_channels: int = 16
     refiner_blocks: int = 2
-    subspace_rank: int = 8  # principal components of the noisy cube the refiner reads
+    subspace_ranks: list[int] = field(default_factory=lambda: [2, 4, 8])  # the refiner's PCA projections
     train_bands: list[int] = field(default_factory=lambda: [31, 64])  # one drawn per batch
     # stage 2/3
     autoencoder: str = ""  # folder of the stage-1 export (its autoencoder/ subfolder or itself)
@@ -173,7 +173,7 @@ def build(config) -> dict:
                                     condition_channels=mc.condition_channels, width=mc.denoiser_width,
                                     blocks_per_level=mc.denoiser_blocks)
         refiner = HSIRefiner(channels=mc.refiner_channels, blocks=mc.refiner_blocks,
-                             subspace_rank=mc.subspace_rank)
+                             subspace_ranks=tuple(mc.subspace_ranks))
     autoencoder.requires_grad_(False).eval()
     scheduler = DDPMScheduler(num_train_timesteps=mc.diffusion_steps, beta_schedule="squaredcos_cap_v2",
                               prediction_type="sample", clip_sample=False)

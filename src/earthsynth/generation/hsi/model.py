@@ -12,9 +12,9 @@ A small autoencoder cannot reconstruct fine spatial texture (the stage-1 model r
 for light noise. So a full-resolution refiner reads the noisy cube beside the decoded one and
 adds the detail back: the latent model says what the scene is, the refiner what the noise
 left of its texture. It also reads the noisy cube projected on its leading principal
-components: spectra of a scene are mixtures of a few materials, so they lie near a
-low-dimensional subspace while noise spreads over every band (the classical PCA denoiser;
-the refiner learns what that projection leaves and loses).
+components, at a few ranks: spectra of a scene are mixtures of a few materials, so they lie
+near a low-dimensional subspace while noise spreads over every band (the classical PCA
+denoiser; the refiner learns what those projections leave and lose).
 """
 
 from __future__ import annotations
@@ -169,34 +169,39 @@ class LatentDenoiser3D(ModelMixin, ConfigMixin):
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
-def subspace_projection(cube: torch.Tensor, rank: int) -> torch.Tensor:
-    """(N, B, H, W) -> each cube's spectra projected on their `rank` leading principal
-    components (mean spectrum kept); the cube itself when rank >= B."""
+def subspace_projections(cube: torch.Tensor, ranks: list[int]) -> list[torch.Tensor]:
+    """(N, B, H, W) -> for each rank, each cube's spectra projected on their `rank` leading
+    principal components (mean spectrum kept); the cube itself where rank >= B."""
     n, bands, height, width = cube.shape
-    if rank >= bands:
-        return cube
     spectra = cube.reshape(n, bands, -1).double()
     mean = spectra.mean(-1, keepdim=True)
     centred = spectra - mean
     covariance = centred @ centred.transpose(1, 2)  # (N, B, B): small, unlike the (B, pixels) SVD
     _, vectors = torch.linalg.eigh(covariance)  # ascending eigenvalues
-    basis = vectors[..., -rank:]  # (N, B, rank)
-    projected = basis @ (basis.transpose(1, 2) @ centred) + mean
-    return projected.reshape(n, bands, height, width).to(cube.dtype)
+    projections = []
+    for rank in ranks:
+        if rank >= bands:
+            projections.append(cube)
+            continue
+        basis = vectors[..., -rank:]  # (N, B, rank)
+        projected = basis @ (basis.transpose(1, 2) @ centred) + mean
+        projections.append(projected.reshape(n, bands, height, width).to(cube.dtype))
+    return projections
 
 
 class HSIRefiner(ModelMixin, ConfigMixin):
     """(noisy cube, decoded cube) -> decoded cube + a correction, at full resolution, from the
-    noisy cube, the decoded one and the noisy cube's `subspace_rank` principal-component
-    projection.
+    noisy cube, the decoded one and the noisy cube's projections on its leading principal
+    components at each of `subspace_ranks` (how many components hold the signal depends on
+    the scene and the noise: the network weighs the candidates).
 
     Starts as the identity on the decoded cube (the last convolution is zero), so training
     begins from the latent model's answer."""
 
     @register_to_config
-    def __init__(self, channels: int = 16, blocks: int = 2, subspace_rank: int = 8):
+    def __init__(self, channels: int = 16, blocks: int = 2, subspace_ranks: tuple[int, ...] = (2, 4, 8)):
         super().__init__()
-        self.conv_in = nn.Conv3d(3, channels, 3, padding=1)
+        self.conv_in = nn.Conv3d(2 + len(subspace_ranks), channels, 3, padding=1)
         self.res_blocks = nn.ModuleList(ResBlock3d(channels) for _ in range(blocks))
         self.norm_out = group_norm(channels)
         self.conv_out = nn.Conv3d(channels, 1, 3, padding=1)
@@ -205,8 +210,8 @@ class HSIRefiner(ModelMixin, ConfigMixin):
 
     def forward(self, noisy_cube: torch.Tensor, decoded_cube: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            projected = subspace_projection(noisy_cube, self.config.subspace_rank)
-        h = self.conv_in(torch.stack([noisy_cube, decoded_cube, projected], dim=1) * 2 - 1)
+            projected = subspace_projections(noisy_cube, list(self.config.subspace_ranks))
+        h = self.conv_in(torch.stack([noisy_cube, decoded_cube, *projected], dim=1) * 2 - 1)
         for block in self.res_blocks:
             h = block(h)
         return decoded_cube + self.conv_out(F.silu(self.norm_out(h)))[:, 0]
