@@ -78,11 +78,14 @@ class AppContext:
             return self.cache[key]
 
     # ------------------------------------------------------------------ session folders
-    def session_folder(self, request: gr.Request | None) -> Path:
+    def session_path(self, request: gr.Request | None) -> Path:
         # the session hash comes from the client: keep only harmless characters
         session = getattr(request, "session_hash", None) or "no-session"
         session = re.sub(r"[^A-Za-z0-9_-]", "", session)[:64] or "no-session"
-        folder = self.work_root / session
+        return self.work_root / session
+
+    def session_folder(self, request: gr.Request | None) -> Path:
+        folder = self.session_path(request)
         folder.mkdir(parents=True, exist_ok=True)
         return folder
 
@@ -96,8 +99,10 @@ class AppContext:
 
     def close_session(self, request: gr.Request | None) -> None:
         """The page was closed: its outputs go."""
+        # never create it here: pages close while the app shuts down, after remove_all, and a
+        # folder made then would outlive the app
         if getattr(request, "session_hash", None):
-            shutil.rmtree(self.session_folder(request), ignore_errors=True)
+            shutil.rmtree(self.session_path(request), ignore_errors=True)
 
     def remove_all(self) -> None:
         """The app is closing: stop the jobs still running and remove every output."""
