@@ -49,7 +49,9 @@ def served(tmp_path_factory):
                 pytest.fail(f"earthsynth app did not start: {Path(log.name).read_text()[-2000:]}")
             time.sleep(0.5)
     yield url, gradio_folder
-    process.send_signal(signal.SIGINT)  # Ctrl+C: the app removes its temporary folder on the way out
+    # a service manager's stop (SIGTERM): the app removes its temporary folder on the way out.
+    # Not SIGINT: a shell running the tests in the background starts them with SIGINT ignored.
+    process.send_signal(signal.SIGTERM)
     try:
         process.wait(timeout=15)
     except subprocess.TimeoutExpired:
