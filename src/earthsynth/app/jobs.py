@@ -17,6 +17,7 @@ import time
 import traceback
 from pathlib import Path
 
+from earthsynth.data.common import atomic_write
 from earthsynth.errors import InputError
 
 
@@ -57,9 +58,8 @@ def child_main(spec_path: str) -> int:
         traceback.print_exc()
         outcome = {"ok": False, "error": f"the {spec['job']} job failed ({' '.join(str(err).split())})",
                    "internal": True}
-    tmp = spec_path.with_name("result.json.tmp")
-    tmp.write_text(json.dumps(outcome))
-    os.replace(tmp, spec_path.with_name("result.json"))
+    with atomic_write(spec_path.with_name("result.json")) as f:  # the app never reads half a result
+        json.dump(outcome, f)
     return 0 if outcome["ok"] else 1
 
 

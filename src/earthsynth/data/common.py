@@ -22,13 +22,20 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kw) -> Iterato
     The temporary file sits in the same directory so that `os.replace` is an atomic rename;
     on any error it is removed, so no half-written file is ever left behind.
     """
-    path = Path(path)
     if "b" not in mode:
         open_kw.setdefault("encoding", "utf-8")
+    with atomic_path(path) as tmp, open(tmp, mode.replace("w", "x"), **open_kw) as f:
+        yield f
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary file name next to `path` for a writer that wants a path (GDAL, h5py...);
+    the file replaces `path` only if the block succeeds, and is removed on any error."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with open(tmp, mode.replace("w", "x"), **open_kw) as f:
-            yield f
+        yield tmp
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +13,7 @@ import rasterio
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 
+from earthsynth.data.common import atomic_path
 from earthsynth.errors import InputError
 
 EARTH_METRES_PER_DEGREE = 111_320.0  # along a meridian; scaled by cos(lat) along a parallel
@@ -174,29 +174,15 @@ def write_geotiff(path: str | os.PathLike, raster: Raster) -> None:
         profile["crs"] = raster.crs
     if raster.transform is not None:
         profile["transform"] = rasterio.Affine(*raster.transform)
-    fd, tmp = tempfile.mkstemp(suffix=".tif.tmp", dir=path.parent or ".")
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private; give it a normal file's mode
-    try:
-        with warnings.catch_warnings():
-            # a cube or image without georeferencing is written as a plain TIFF, not warned about
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(tmp, "w", **profile) as dst:
-                dst.write(data)
-                if raster.tags:
-                    dst.update_tags(**raster.tags)
-                for i, name in enumerate(raster.band_names[: data.shape[0]]):
-                    dst.set_band_description(i + 1, name)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        # a cube or image without georeferencing is written as a plain TIFF, not warned about
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(tmp, "w", **profile) as dst:
+            dst.write(data)
+            if raster.tags:
+                dst.update_tags(**raster.tags)
+            for i, name in enumerate(raster.band_names[: data.shape[0]]):
+                dst.set_band_description(i + 1, name)
 
 
 def centre_lonlat(raster: Raster) -> tuple[float, float] | None:
