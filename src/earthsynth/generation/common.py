@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -96,3 +97,27 @@ def blend_ramp(size: int, overlap: int, at_start: bool, at_end: bool) -> torch.T
     if overlap and not at_end:
         weights[size - overlap:] = ramp.flip(0)
     return weights
+
+
+def process_in_tiles(source: torch.Tensor, tile_h: int, tile_w: int, overlap: int,
+                     process: Callable[[torch.Tensor], torch.Tensor], scale: int = 1) -> torch.Tensor:
+    """`process` on overlapping tiles of the last two axes of `source`, its outputs (`scale`
+    times the tile's size) blended with linear ramps where tiles overlap -> float32 output of
+    `scale` times the source's height and width. Memory is bounded by the tile, not the scene.
+    Tiles go row by row, so a seeded `process` draws its noise in a fixed order."""
+    height, width = source.shape[-2:]
+    out = None
+    weight = torch.zeros(height * scale, width * scale, device=source.device)
+    ys, xs = tile_starts(height, tile_h, overlap), tile_starts(width, tile_w, overlap)
+    for y in ys:
+        for x in xs:
+            piece = process(source[..., y:y + tile_h, x:x + tile_w]).float()
+            if out is None:
+                out = torch.zeros(*piece.shape[:-2], height * scale, width * scale, device=piece.device)
+            ramp_y = blend_ramp(tile_h * scale, overlap * scale, y == ys[0], y == ys[-1]).to(piece.device)
+            ramp_x = blend_ramp(tile_w * scale, overlap * scale, x == xs[0], x == xs[-1]).to(piece.device)
+            w = ramp_y[:, None] * ramp_x[None, :]
+            region = (..., slice(y * scale, (y + tile_h) * scale), slice(x * scale, (x + tile_w) * scale))
+            out[region] += piece * w
+            weight[y * scale:(y + tile_h) * scale, x * scale:(x + tile_w) * scale] += w
+    return out / weight.to(out.device)

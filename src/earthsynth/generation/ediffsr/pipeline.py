@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
-from earthsynth.generation.common import blend_ramp, tile_starts
+from earthsynth.generation.common import process_in_tiles
 from earthsynth.generation.ediffsr.scheduler import MeanRevertingScheduler
 
 
@@ -100,7 +100,7 @@ class EDiffSRPipeline(DiffusionPipeline):
         if num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
         low = low.to(self.device, self.eanet.dtype) * 2 - 1
-        batch, bands, height, width = low.shape
+        height, width = low.shape[-2:]
         multiple = self.eanet.multiple
 
         # pad (reflect) to a multiple of the model's stride and at least one tile per side
@@ -108,20 +108,9 @@ class EDiffSRPipeline(DiffusionPipeline):
         tile_h, tile_w = -(-tile_h // multiple) * multiple, -(-tile_w // multiple) * multiple
         pad_h, pad_w = max(tile_h - height, 0), max(tile_w - width, 0)
         padded = F.pad(low, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else low
-        full_h, full_w = padded.shape[-2:]
-        out = torch.zeros(batch, bands, full_h * scale, full_w * scale, device=low.device)
-        weight = torch.zeros(1, 1, full_h * scale, full_w * scale, device=low.device)
-        ys, xs = tile_starts(full_h, tile_h, overlap), tile_starts(full_w, tile_w, overlap)
-        for y in ys:
-            for x in xs:
-                piece = self.upscale_tile(padded[..., y:y + tile_h, x:x + tile_w], num_inference_steps, generator)
-                ramp_y = blend_ramp(tile_h * scale, overlap * scale, y == ys[0], y == ys[-1]).to(low.device)
-                ramp_x = blend_ramp(tile_w * scale, overlap * scale, x == xs[0], x == xs[-1]).to(low.device)
-                w = (ramp_y[:, None] * ramp_x[None, :])[None, None]
-                region = (..., slice(y * scale, (y + tile_h) * scale), slice(x * scale, (x + tile_w) * scale))
-                out[region] += piece.float() * w
-                weight[region] += w
-        images = ((out / weight)[..., : height * scale, : width * scale] + 1) / 2
+        out = process_in_tiles(padded, tile_h, tile_w, overlap,
+                               lambda piece: self.upscale_tile(piece, num_inference_steps, generator), scale)
+        images = (out[..., : height * scale, : width * scale] + 1) / 2
         images = images.clamp(0, 1)
         if output_type == "np":
             images = images.permute(0, 2, 3, 1).cpu().numpy()

@@ -23,7 +23,7 @@ import torch
 from diffusers import DDIMScheduler, DiffusionPipeline
 from diffusers.utils import BaseOutput
 
-from earthsynth.generation.common import blend_ramp, tile_starts
+from earthsynth.generation.common import process_in_tiles
 from earthsynth.generation.hsi.model import (
     HSIAutoencoder,
     HSIConditionEncoder,
@@ -99,8 +99,7 @@ class HSIDenoisePipeline(DiffusionPipeline):
         self.check_inputs(data, num_inference_steps, strength, tile, overlap)
         if output_type not in ("np", "pt"):
             raise ValueError(f"output_type must be np or pt, got {output_type!r}")
-        device = self.denoiser.device
-        data = data.to(device)[None]
+        data = data.to(self.denoiser.device)[None]
         # 2. normalise
         offset, scale = normalisation(data)
         normalised = (data - offset) / scale
@@ -108,20 +107,10 @@ class HSIDenoisePipeline(DiffusionPipeline):
         self.scheduler.set_timesteps(max(num_inference_steps, round(num_inference_steps / strength)))
         timesteps = self.scheduler.timesteps[-num_inference_steps:]
         # 3-5. tiles over the spatial axes, all bands at once, blended with ramps
-        _, bands, height, width = normalised.shape
-        tile_h, tile_w = min(tile, height), min(tile, width)
-        out = torch.zeros_like(normalised)
-        weight = torch.zeros(1, 1, height, width, device=device)
-        ys, xs = tile_starts(height, tile_h, overlap), tile_starts(width, tile_w, overlap)
-        for y in ys:
-            for x in xs:
-                piece = self.denoise_tile(normalised[..., y:y + tile_h, x:x + tile_w], timesteps, generator, refine)
-                ramp_y = blend_ramp(tile_h, overlap, y == ys[0], y == ys[-1]).to(device)
-                ramp_x = blend_ramp(tile_w, overlap, x == xs[0], x == xs[-1]).to(device)
-                w = (ramp_y[:, None] * ramp_x[None, :])[None, None]
-                out[..., y:y + tile_h, x:x + tile_w] += piece.float() * w
-                weight[..., y:y + tile_h, x:x + tile_w] += w
-        denoised = (out / weight * scale + offset)[0]
+        tile_h, tile_w = min(tile, normalised.shape[-2]), min(tile, normalised.shape[-1])
+        out = process_in_tiles(normalised, tile_h, tile_w, overlap,
+                               lambda piece: self.denoise_tile(piece, timesteps, generator, refine))
+        denoised = (out * scale + offset)[0]
         if output_type == "pt":
             return HSIDenoisePipelineOutput(cube=denoised)
         return HSIDenoisePipelineOutput(cube=to_dtype(denoised.cpu().numpy(), source_dtype or np.dtype(np.float32)))
