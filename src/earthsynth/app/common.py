@@ -20,7 +20,7 @@ import gradio as gr
 import numpy as np
 from PIL import Image, ImageDraw
 
-from earthsynth.augment.report import PALETTE, load_font
+from earthsynth.augment.report import draw_box_outlines, palette_colours
 from earthsynth.boxes import Boxes
 from earthsynth.data.common import one_line
 from earthsynth.errors import InputError
@@ -53,9 +53,8 @@ class AppContext:
         """--model-dir/<family> when it exists, else the bundled checkpoint (InputError if none)."""
         from earthsynth.generation.common import bundled_checkpoint
 
-        if self.model_dir is not None and (self.model_dir / family).is_dir():
-            return self.model_dir / family
-        return bundled_checkpoint(family)
+        custom = self.override(family)
+        return Path(custom) if custom else bundled_checkpoint(family)
 
     def override(self, family: str) -> str:
         """--model-dir/<family> when it exists, else "" (the bundled checkpoint)."""
@@ -185,23 +184,12 @@ def log(message: str) -> None:
 
 
 # ----------------------------------------------------------------------------- drawing
-def colour_of(label: str, labels: list[str]) -> tuple[int, int, int]:
-    return PALETTE[sorted(set(labels)).index(label) % len(PALETTE)]
-
-
 def draw_boxes(pixels: np.ndarray, boxes: Boxes, zoom: int = 4, names: bool = True) -> Image.Image:
     """(H, W, 3) uint8 enlarged `zoom` times (nearest, pixels stay visible) with its rotated
     boxes drawn, one colour per class."""
     image = Image.fromarray(pixels).resize((pixels.shape[1] * zoom, pixels.shape[0] * zoom), Image.NEAREST)
-    draw = ImageDraw.Draw(image)
-    font = load_font(max(10, 3 * zoom))
-    for quad, label in zip(boxes.corners(), boxes.labels):
-        colour = colour_of(label, boxes.labels)
-        points = [(float(x * zoom), float(y * zoom)) for x, y in quad]
-        draw.line(points + points[:1], fill=colour, width=max(1, zoom // 2))
-        if names:
-            top = min(points, key=lambda p: p[1])
-            draw.text((top[0] + 2, top[1] - 3 * zoom - 2), label, fill=colour, font=font)
+    draw_box_outlines(ImageDraw.Draw(image), boxes, zoom, zoom, palette_colours(boxes.labels), max(1, zoom // 2),
+                      label_size=max(10, 3 * zoom) if names else None)
     return image
 
 

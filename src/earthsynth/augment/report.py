@@ -123,7 +123,12 @@ def class_colours(records: list[dict], run: dict) -> dict[str, tuple[int, int, i
     names = set((run.get("real") or {}).get("class_counts") or {})
     for record in records:
         names.update((record.get("layout") or {}).get("labels", []))
-    return {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(sorted(names))}
+    return palette_colours(names)
+
+
+def palette_colours(names) -> dict[str, tuple[int, int, int]]:
+    """One PALETTE colour per distinct name, in sorted order (the same names, the same colours)."""
+    return {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(sorted(set(names)))}
 
 
 def percent(passed: int, total: int) -> str:
@@ -182,14 +187,24 @@ def thumbnail(out_dir: Path, record: dict, size: int, colours: dict, fallback_si
     interpolation = cv2.INTER_NEAREST if scale >= 1 else cv2.INTER_AREA
     image = Image.fromarray(cv2.resize(np.ascontiguousarray(pixels), (new_w, new_h), interpolation=interpolation))
     draw = ImageDraw.Draw(image)
-    boxes = record_boxes(record)
-    line_width = max(1, size // 96)
-    for quad, label in zip(boxes.corners(), boxes.labels):
-        points = [(float(x * new_w / width), float(y * new_h / height)) for x, y in quad]
-        draw.line(points + points[:1], fill=colours.get(label, PALETTE[0]), width=line_width)
+    draw_box_outlines(draw, record_boxes(record), new_w / width, new_h / height, colours, max(1, size // 96))
     if missing:
         draw.text((4, 4), "image missing", fill=(255, 255, 255), font=load_font(max(10, size // 12)))
     return image
+
+
+def draw_box_outlines(draw: ImageDraw.ImageDraw, boxes: Boxes, scale_x: float, scale_y: float, colours: dict,
+                      width: int, label_size: int | None = None) -> None:
+    """Each rotated box's outline on `draw`, its corners scaled from image to drawing pixels,
+    in its class colour; with `label_size`, the class name above the box's top corner."""
+    font = load_font(label_size) if label_size else None
+    for quad, label in zip(boxes.corners(), boxes.labels):
+        colour = colours.get(label, PALETTE[0])
+        points = [(float(x * scale_x), float(y * scale_y)) for x, y in quad]
+        draw.line(points + points[:1], fill=colour, width=width)
+        if font is not None:
+            top = min(points, key=lambda p: p[1])
+            draw.text((top[0] + 2, top[1] - label_size - 2), label, fill=colour, font=font)
 
 
 def draw_grid(canvas: Image.Image, top: int, title: str, records: list[dict], out_dir: Path,
