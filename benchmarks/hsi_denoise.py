@@ -20,7 +20,6 @@ on 2 cores without BM4D.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ from earthsynth.data.hsi_noise import add_noise
 from earthsynth.data.hsi_scenes import SyntheticCubes, resample_bands
 from earthsynth.generation.common import bundled_checkpoint
 from earthsynth.generation.hsi import HSIDenoisePipeline
-from earthsynth.generation.hsi.classical import CLASSICAL_METHODS, tune
+from earthsynth.generation.hsi.classical import CLASSICAL_METHODS, grid_search, tune
 from earthsynth.image_metrics import band_psnr, band_ssim, ergas, sam_degrees
 
 KINDS = ("gaussian", "stripes", "deadlines", "impulse", "mixture")
@@ -65,13 +64,10 @@ def run_pipeline(pipe: HSIDenoisePipeline, noisy: list[torch.Tensor], **options)
 
 
 def tune_pipeline(pipe: HSIDenoisePipeline, noisy: list[torch.Tensor], clean: list[torch.Tensor]) -> dict:
-    best, best_psnr = None, None
-    for values in itertools.product(*PIPELINE_GRID.values()):
-        options = dict(zip(PIPELINE_GRID, values))
-        value = float(np.mean([band_psnr(e, c) for e, c in zip(run_pipeline(pipe, noisy, **options), clean)]))
-        if best_psnr is None or value > best_psnr:
-            best, best_psnr = options, value
-    return best
+    def denoise(cube: torch.Tensor, **options) -> np.ndarray:
+        return run_pipeline(pipe, [cube], **options)[0]
+
+    return grid_search(denoise, PIPELINE_GRID, noisy, clean)[0]
 
 
 def timed(method, noisy: list, **params) -> tuple[list, float]:

@@ -112,10 +112,14 @@ def export_autoencoder(components: dict, config, directory: Path) -> None:
     autoencoder.register_to_config(scaling_factor=original)  # the live model is unchanged
 
 
-def preview_autoencoder(components: dict, config, generator: torch.Generator):
+def preview_cubes(config) -> torch.Tensor:
+    """The first four validation cubes at the first training band count, for the previews."""
     cubes = SyntheticCubes("val", config.data.tile_size)
-    clean = torch.stack([cubes[i]["cube"] for i in range(4)])
-    clean = resample_bands(clean, config.model.train_bands[0])
+    return resample_bands(torch.stack([cubes[i]["cube"] for i in range(4)]), config.model.train_bands[0])
+
+
+def preview_autoencoder(components: dict, config, generator: torch.Generator):
+    clean = preview_cubes(config)
     autoencoder = components["autoencoder"]
     with torch.no_grad():
         reconstruction = autoencoder(clean.to(autoencoder.device)).cpu()
@@ -224,8 +228,7 @@ def make_pipeline(components: dict) -> HSIDenoisePipeline:
 
 def preview(components: dict, config, generator: torch.Generator):
     """Four validation cubes in false colour: noisy (mixture), denoised, clean."""
-    cubes = SyntheticCubes("val", config.data.tile_size)
-    clean = resample_bands(torch.stack([cubes[i]["cube"] for i in range(4)]), config.model.train_bands[0])
+    clean = preview_cubes(config)
     noisy, _params = add_noise(clean, "mixture", generator=generator)
     pipe = make_pipeline(components)
     was_training = pipe.denoiser.training

@@ -123,17 +123,25 @@ CLASSICAL_METHODS: dict[str, tuple[Callable[..., np.ndarray], dict[str, list]]] 
 
 def tune(method_name: str, noisy_cubes: Sequence[np.ndarray], clean_cubes: Sequence[np.ndarray],
          metric: Callable = band_psnr, higher_is_better: bool = True) -> tuple[dict, float]:
-    """Grid-search a method's parameters -> (best parameters, their mean metric over the cubes).
+    """Grid-search a classical method's parameters (its CLASSICAL_METHODS grid) -> (best
+    parameters, their mean metric over the cubes). See grid_search."""
+    if method_name not in CLASSICAL_METHODS:
+        raise ValueError(f"unknown method {method_name!r}; known: {', '.join(CLASSICAL_METHODS)}")
+    method, grid = CLASSICAL_METHODS[method_name]
+    return grid_search(method, grid, noisy_cubes, clean_cubes, metric, higher_is_better)
+
+
+def grid_search(method: Callable, grid: dict[str, list], noisy_cubes: Sequence, clean_cubes: Sequence,
+                metric: Callable = band_psnr, higher_is_better: bool = True) -> tuple[dict, float]:
+    """method(noisy, **params) over every point of `grid` -> (best parameters, their mean
+    metric over the cubes).
 
     Give VALIDATION cubes only: the benchmark tunes on val and reports on test cubes the
     tuning never saw. metric(estimate, truth) -> float; set higher_is_better=False for an
     error (sam_degrees, ergas). Ties keep the first grid point.
     """
-    if method_name not in CLASSICAL_METHODS:
-        raise ValueError(f"unknown method {method_name!r}; known: {', '.join(CLASSICAL_METHODS)}")
     if len(noisy_cubes) != len(clean_cubes) or not noisy_cubes:
         raise ValueError(f"need as many noisy as clean cubes, at least one; got {len(noisy_cubes)} and {len(clean_cubes)}")
-    method, grid = CLASSICAL_METHODS[method_name]
     names = list(grid)
     best_params, best_score = None, None
     for values in itertools.product(*(grid[name] for name in names)):
