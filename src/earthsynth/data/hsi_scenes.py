@@ -68,8 +68,9 @@ def spectral_library() -> SpectralLibrary:
 
 
 def resample_bands(cube: torch.Tensor, bands: int) -> torch.Tensor:
-    """(..., B, H, W) -> (..., bands, H, W) by linear interpolation over the wavelength range
-    (the first and last band stay at 0.40 and 2.45 um)."""
+    """(..., B, H, W) -> (..., bands, H, W) by linear interpolation over the band index (the
+    first and last band stay; earthlib's wavelengths skip the water windows, so the new bands
+    are evenly spaced in index, not in wavelength)."""
     if cube.shape[-3] == bands:
         return cube
     *lead, b, h, w = cube.shape
