@@ -41,6 +41,8 @@ FAMILIES: dict[str, str] = {
     "smoke": "earthsynth.generation.smoke:FAMILY",
     "ediffsr": "earthsynth.generation.ediffsr:FAMILY",
     "aerogen": "earthsynth.generation.aerogen:FAMILY",
+    "text2earth": "earthsynth.generation.text2earth:FAMILY",
+    "crsdiff": "earthsynth.generation.crsdiff:FAMILY",
     "hsi_autoencoder": "earthsynth.generation.hsi:AUTOENCODER_FAMILY",
     "hsi": "earthsynth.generation.hsi:FAMILY",
     "detector": "earthsynth.augment.detector:FAMILY",

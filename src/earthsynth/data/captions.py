@@ -55,9 +55,10 @@ def land_cover_phrase(pixels: np.ndarray) -> str:
 
 
 def make_caption(description: str, gsd: float | None, class_counts: dict[str, int] | None,
-                 land_cover: str | None = None) -> str:
-    """E.g. 'NEON airborne RGB orthophoto, Yellowstone National Park, 0.1 m/px, 12 trees, dense vegetation'."""
-    parts = [description, format_gsd(gsd)]
+                 land_cover: str | None = None, with_gsd: bool = True) -> str:
+    """E.g. 'NEON airborne RGB orthophoto, Yellowstone National Park, 0.1 m/px, 12 trees, dense vegetation'
+    (without the '0.1 m/px' when `with_gsd` is False)."""
+    parts = [description] + ([format_gsd(gsd)] if with_gsd else [])
     if class_counts is not None:
         parts.append(objects_phrase(class_counts))
     if land_cover:

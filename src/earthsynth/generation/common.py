@@ -121,3 +121,53 @@ def process_in_tiles(source: torch.Tensor, tile_h: int, tile_w: int, overlap: in
             out[region] += piece * w
             weight[y * scale:(y + tile_h) * scale, x * scale:(x + tile_w) * scale] += w
     return out / weight.to(out.device)
+
+
+def initial_noise(shape: tuple[int, ...], generator, device, dtype) -> torch.Tensor:
+    """Standard normal noise of `shape`; with a list of generators, one per image, so an image
+    does not depend on the batch it is drawn in."""
+    if isinstance(generator, list):
+        if len(generator) != shape[0]:
+            raise ValueError(f"{len(generator)} generators for {shape[0]} images")
+        noise = torch.cat([torch.randn((1, *shape[1:]), generator=g, dtype=torch.float32) for g in generator])
+    else:
+        noise = torch.randn(shape, generator=generator, dtype=torch.float32)
+    return noise.to(device, dtype)
+
+
+def images_for_output(images: torch.Tensor, output_type: str):
+    """(B, 3, H, W) in [-1, 1] -> PIL images ("pil"), (B, H, W, 3) numpy in [0, 1] ("np") or
+    (B, 3, H, W) tensors in [0, 1] ("pt")."""
+    images = images.float().clamp(-1, 1)
+    if output_type == "pil":
+        return to_pil(images)
+    if output_type == "np":
+        return ((images + 1) / 2).permute(0, 2, 3, 1).cpu().numpy()
+    if output_type == "pt":
+        return (images + 1) / 2
+    raise ValueError(f"output_type must be pil, np or pt, got {output_type!r}")
+
+
+def combine_guidance(outputs: tuple[torch.Tensor, ...], guidance_scale: float,
+                     condition_scale: float | None) -> torch.Tensor:
+    """Classifier-free guidance over the passes a pipeline ran, in this order:
+    (all conditions), then (text only) when `condition_scale` is set, then (nothing) when
+    any guidance is on. With a condition scale, text and the other condition are guided
+    separately: e = e(-) + s_text (e(text) - e(-)) + s_cond (e(text, cond) - e(text))."""
+    if len(outputs) == 1:
+        return outputs[0]
+    if condition_scale is None:
+        cond, uncond = outputs
+        return uncond + guidance_scale * (cond - uncond)
+    cond, text_only, uncond = outputs
+    return uncond + guidance_scale * (text_only - uncond) + condition_scale * (cond - text_only)
+
+
+def guidance_passes(guidance_scale: float, condition_scale: float | None) -> list[str]:
+    """Which passes combine_guidance needs: "all", "text" and "none", in its order."""
+    passes = ["all"]
+    if condition_scale is not None:
+        passes.append("text")
+    if guidance_scale != 1.0 or condition_scale is not None:
+        passes.append("none")
+    return passes

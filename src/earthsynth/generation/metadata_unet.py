@@ -1,0 +1,83 @@
+"""The denoiser text2earth and crsdiff share: a diffusers UNet2DConditionModel whose
+timestep embedding also carries scalar metadata.
+
+Resolution guidance (Text2Earth) and metadata conditioning (CRS-Diff) are the same
+mechanism: each scalar (GSD, date, cloud cover, position) is embedded by
+`earthsynth.conditioning.ScalarEmbedding`, which gives a learned null vector where a value
+is unknown or dropped, and the sum is added to the timestep embedding through the UNet's
+identity class embedding. Text enters through cross-attention; control residuals (crsdiff)
+through the UNet's skip connections and middle block.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import UNet2DConditionModel
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+
+from earthsynth.conditioning.scalars import ScalarEmbedding
+
+
+def unet_block_types(levels: int, attention_levels: int) -> tuple[list[str], list[str]]:
+    """Down and up block types with cross-attention on the `attention_levels` coarsest levels."""
+    if not 0 < attention_levels < levels:
+        raise ValueError(f"attention_levels must be between 1 and {levels - 1}, got {attention_levels}")
+    plain = levels - attention_levels
+    down = ["DownBlock2D"] * plain + ["CrossAttnDownBlock2D"] * attention_levels
+    up = ["CrossAttnUpBlock2D"] * attention_levels + ["UpBlock2D"] * plain
+    return down, up
+
+
+class MetadataUNet(ModelMixin, ConfigMixin):
+    """forward(sample, timestep, text_tokens, text_mask, scalars, scalar_drop=None,
+    down_residuals=None, mid_residual=None) -> the model output (noise or velocity).
+
+    scalars (B, F) are natural units in the order of `scalar_fields`, NaN = unknown;
+    scalar_drop (B, F) bool replaces values by their null (classifier-free guidance).
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        sample_size: int = 64,
+        in_channels: int = 3,
+        out_channels: int = 3,
+        block_out_channels: tuple[int, ...] = (32, 64, 128, 128),
+        down_block_types: tuple[str, ...] = ("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D",
+                                             "CrossAttnDownBlock2D"),
+        up_block_types: tuple[str, ...] = ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+        layers_per_block: int = 1,
+        attention_head_dim: int = 16,
+        cross_attention_dim: int = 384,
+        scalar_fields: tuple[str, ...] = ("gsd",),
+        scalar_frequencies: int = 16,
+    ):
+        super().__init__()
+        self.unet = UNet2DConditionModel(
+            sample_size=sample_size,
+            in_channels=in_channels,
+            out_channels=out_channels,
+            block_out_channels=tuple(block_out_channels),
+            down_block_types=tuple(down_block_types),
+            up_block_types=tuple(up_block_types),
+            layers_per_block=layers_per_block,
+            cross_attention_dim=cross_attention_dim,
+            attention_head_dim=attention_head_dim,
+            norm_num_groups=min(32, block_out_channels[0]),
+            class_embed_type="identity",  # the metadata embedding is added to the timestep embedding
+        )
+        self.scalar_embedding = ScalarEmbedding(fields=tuple(scalar_fields), embed_dim=4 * block_out_channels[0],
+                                                num_frequencies=scalar_frequencies)
+
+    @property
+    def stride(self) -> int:
+        """Height and width must be multiples of this."""
+        return 2 ** (len(self.config.block_out_channels) - 1)
+
+    def forward(self, sample, timestep, text_tokens, text_mask, scalars, scalar_drop=None,
+                down_residuals=None, mid_residual=None) -> torch.Tensor:
+        metadata = self.scalar_embedding(scalars, scalar_drop).to(sample.dtype)
+        return self.unet(sample, timestep, encoder_hidden_states=text_tokens, encoder_attention_mask=text_mask,
+                         class_labels=metadata, down_block_additional_residuals=down_residuals,
+                         mid_block_additional_residual=mid_residual).sample
