@@ -145,6 +145,62 @@ def rasterize_lines(
     return canvas.astype(np.float32)
 
 
+# The land-cover classes crsdiff's bundled model knows: a per-pixel version of the caption's
+# land-cover word (earthsynth.data.captions), since no land-cover raster overlaps the
+# bundled scenes. A user's class raster is mapped onto these codes (see `landcover_onehot`).
+LANDCOVER_CLASSES = ("water", "vegetation", "bright open ground", "dark bare ground")
+
+
+def landcover_from_pixels(bands: np.ndarray) -> np.ndarray:
+    """(C, H, W) red, green, blue (, near-infrared) in [0, 1] -> (H, W) int64 codes of
+    LANDCOVER_CLASSES: NDVI < 0 water and NDVI > 0.3 vegetation with a near-infrared band,
+    a greenness test without one, the rest split by brightness."""
+    bands = np.asarray(bands, dtype=np.float32)
+    red, green, blue = bands[0], bands[1], bands[2]
+    if bands.shape[0] >= 4:
+        ndvi = (bands[3] - red) / np.maximum(bands[3] + red, 1e-6)
+        water, vegetation = ndvi < 0.0, ndvi > 0.3
+    else:
+        water = np.zeros(red.shape, dtype=bool)
+        vegetation = (green > red * 1.02) & (green > blue * 1.02)
+    bright = bands[:3].mean(0) > 0.5
+    classes = np.where(bright, 2, 3)
+    classes = np.where(vegetation, 1, classes)
+    return np.where(water, 0, classes).astype(np.int64)
+
+
+def vector_lines(path, transform, crs: str | None) -> list[np.ndarray]:
+    """LineString / MultiLineString features of a GeoJSON file -> polylines of (K, 2) pixel
+    coordinates (x, y) of a raster with this affine `transform` and `crs` (the GeoJSON is
+    reprojected from its own CRS, WGS84 longitude/latitude by default)."""
+    import json
+
+    from rasterio.transform import Affine
+    from rasterio.warp import transform_geom
+
+    with open(path, encoding="utf-8") as handle:
+        collection = json.load(handle)
+    features = collection.get("features", [collection]) if isinstance(collection, dict) else None
+    if features is None:
+        raise ValueError("not a GeoJSON object")
+    # RFC 7946 GeoJSON is WGS84 lon/lat; older files may name their CRS in a "crs" member
+    source_crs = (collection.get("crs") or {}).get("properties", {}).get("name") or "OGC:CRS84"
+    inverse = ~Affine(*transform)
+    lines = []
+    for feature in features:
+        geometry = feature.get("geometry", feature)
+        if geometry is None or geometry.get("type") not in ("LineString", "MultiLineString"):
+            continue
+        if crs is not None:
+            geometry = transform_geom(source_crs, crs, geometry)
+        parts = [geometry["coordinates"]] if geometry["type"] == "LineString" else geometry["coordinates"]
+        for part in parts:
+            points = np.asarray(part, dtype=np.float64)[:, :2]
+            cols, rows = inverse * (points[:, 0], points[:, 1])
+            lines.append(np.stack([cols, rows], axis=1))
+    return lines
+
+
 def available_annotators() -> list[str]:
     """Names of the control-map extractors that work on this machine.
 

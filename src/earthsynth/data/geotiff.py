@@ -212,3 +212,48 @@ def to_uint8_rgb(data: np.ndarray, bands: tuple[int, int, int] = (0, 1, 2), noda
     scaled = np.clip((rgb - lo) / max(hi - lo, 1e-6), 0, 1)
     scaled[~valid] = 0
     return np.round(scaled.transpose(1, 2, 0) * 255).astype(np.uint8)
+
+
+DATE_TAGS = ("ACQUISITION_DATE", "DATE_ACQUIRED", "ACQUISITIONDATE", "DATE", "TIFFTAG_DATETIME")
+CLOUD_TAGS = ("CLOUD_COVER", "CLOUDCOVER", "CLOUD_COVERAGE")
+
+
+def tag_date(tags: dict[str, str]):
+    """The acquisition date named by a raster's tags (ISO 'YYYY-MM-DD...' or TIFF
+    'YYYY:MM:DD hh:mm:ss'), or None."""
+    import datetime as dt
+
+    upper = {k.upper(): v for k, v in tags.items()}
+    for key in DATE_TAGS:
+        text = upper.get(key, "").strip()
+        if len(text) >= 10:
+            try:
+                return dt.date(int(text[0:4]), int(text[5:7]), int(text[8:10]))
+            except ValueError:
+                continue
+    return None
+
+
+def raster_metadata(raster: Raster) -> dict:
+    """What the scalar conditions of crsdiff can read from a raster: gsd (m/px, from the
+    transform), lat / lon of the centre (from the CRS), year / month / day (from date tags)
+    and cloud_cover (percent, from a cloud tag). Fields that cannot be read are absent."""
+    meta = {}
+    if raster.gsd is not None:
+        meta["gsd"] = raster.gsd
+    lonlat = centre_lonlat(raster)
+    if lonlat is not None:
+        meta["lon"], meta["lat"] = lonlat
+    date = tag_date(raster.tags)
+    if date is not None:
+        meta.update(year=date.year, month=date.month, day=date.day)
+    upper = {k.upper(): v for k, v in raster.tags.items()}
+    for key in CLOUD_TAGS:
+        try:
+            cloud = float(upper[key])
+        except (KeyError, ValueError):
+            continue
+        if 0 <= cloud <= 100:
+            meta["cloud_cover"] = cloud
+            break
+    return meta

@@ -25,6 +25,7 @@ class Sample(TypedDict, total=False):
     source: str  # name of the source dataset, e.g. "deepforest"
     image_id: str  # unique within the source, e.g. "OSBS_029" or "OSBS_029_t0003"
     path: str  # file the pixels came from
+    controls: dict[str, torch.Tensor]  # control maps by name (see earthsynth.conditioning.control), (C, H, W) in [0, 1]
 
 
 SAMPLE_KEYS = tuple(Sample.__annotations__)
