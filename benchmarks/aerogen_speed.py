@@ -74,12 +74,13 @@ def load_aerogen(config_path: str) -> tuple[AeroGenPipeline, str]:
     return pipe, source
 
 
-def build_sd(aerogen: AeroGenPipeline) -> StableDiffusionPipeline:
-    """A StableDiffusionPipeline whose UNet is aerogen's inner UNet config with 4 channels in and
-    out (and no layout parts), a one-level VAE (scale factor 1), a tiny CLIP text model that
-    is never called (prompt embeddings are given) and the same scheduler config."""
-    unet_config = dict(aerogen.unet.unet.config)
-    unet = UNet2DConditionModel.from_config({**unet_config, "in_channels": 4, "out_channels": 4}).eval()
+def build_sd(unet_config, scheduler_config) -> StableDiffusionPipeline:
+    """A StableDiffusionPipeline whose UNet has the given UNet2DConditionModel config with 4
+    channels in and out and no class embedding, a one-level VAE (scale factor 1), a tiny CLIP
+    text model that is never called (prompt embeddings are given) and the same scheduler config."""
+    unet_config = dict(unet_config)
+    unet = UNet2DConditionModel.from_config({**unet_config, "in_channels": 4, "out_channels": 4,
+                                             "class_embed_type": None}).eval()
     vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8,),
                         down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",),
                         layers_per_block=1, norm_num_groups=8).eval()
@@ -88,7 +89,7 @@ def build_sd(aerogen: AeroGenPipeline) -> StableDiffusionPipeline:
                                                 max_position_embeddings=77, pad_token_id=0, bos_token_id=1,
                                                 eos_token_id=2)).eval()
     # steps_offset=1: StableDiffusionPipeline rewrites it to 1 anyway, with a warning
-    scheduler = DPMSolverMultistepScheduler.from_config(aerogen.scheduler.config, steps_offset=1)
+    scheduler = DPMSolverMultistepScheduler.from_config(scheduler_config, steps_offset=1)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=None, unet=unet, scheduler=scheduler,
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
@@ -129,7 +130,7 @@ def main() -> None:
     torch.manual_seed(0)
 
     aerogen, source = load_aerogen(args.config)
-    sd = build_sd(aerogen)
+    sd = build_sd(aerogen.unet.unet.config, aerogen.scheduler.config)
     prompts, layouts = demo_requests(args.batch, args.size, aerogen.layout_encoder.config.max_objects)
     text, _ = aerogen.encode_prompt(prompts)
     null_text, _ = aerogen.encode_prompt([""] * args.batch)

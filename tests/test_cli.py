@@ -43,7 +43,7 @@ def test_bad_config_is_one_line_naming_the_file(tmp_path, capsys):
 
 
 def test_unbuilt_subcommands_exit_2():
-    done = subprocess.run([sys.executable, "-m", "earthsynth.cli", "generate", "--scale", "4"], capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "earthsynth.cli", "bench", "--quick"], capture_output=True,
                           text=True)
     assert done.returncode == 2 and "not built yet" in done.stderr
 

@@ -12,7 +12,7 @@ from earthsynth.errors import InputError
 
 # Subcommands in help order; those later releases fill say "not built yet" and exit 2.
 COMMANDS = {
-    "generate": "generate images (text2earth, crsdiff, aerogen)",
+    "generate": "generate images from text, metadata and control maps (text2earth, crsdiff)",
     "augment": "turn a labelled detection dataset into a larger synthetic one",
     "evaluate": "train a detector with and without synthetic data",
     "denoise": "denoise a hyperspectral cube (hsi)",
@@ -142,6 +142,15 @@ def cmd_denoise(args) -> int:
     return 0
 
 
+def cmd_generate(args) -> int:
+    from earthsynth.generation.generate import fields_from_options, generate_files
+
+    fields = fields_from_options(args.family, vars(args))
+    for path in generate_files(args.family, fields, args.out, requests_file=args.requests, model_dir=args.model):
+        print(f"{args.family} -> {path}")
+    return 0
+
+
 def cmd_app(args) -> int:
     try:
         from earthsynth.app import launch_app
@@ -155,7 +164,7 @@ def cmd_app(args) -> int:
     return 0
 
 
-NOT_BUILT = ("generate", "bench")
+NOT_BUILT = ("bench",)
 
 
 def not_built(args) -> int:
@@ -176,6 +185,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", help="'latest' or a checkpoint folder")
     p.add_argument("--output-dir", help="overrides output_dir")
     p.set_defaults(func=cmd_train)
+
+    families = parsers["generate"].add_subparsers(dest="family", required=True, metavar="FAMILY")
+    for family, help_text in (("text2earth", "text + ground sample distance -> image; tiled scenes, inpainting"),
+                              ("crsdiff", "text + metadata + control maps -> image")):
+        p = families.add_parser(family, help=help_text, description=help_text)
+        p.add_argument("--prompt", help="what the image shows (required unless every request in --requests has one)")
+        p.add_argument("--out", required=True,
+                       help="output .png / .jpg / .tif (GeoTIFF); with --requests, the output folder")
+        p.add_argument("--requests", help="CSV (header of field names) or JSONL file, one request per row; "
+                                          "the options here are every row's defaults")
+        p.add_argument("--model", help=f"{family} pipeline folder (default: the bundled one)")
+        p.add_argument("--gsd", type=float, help="ground sample distance, metres per pixel")
+        p.add_argument("--width", type=int, help="pixels, a multiple of the model's stride (default: the model's tile, "
+                                                 "or the --reference / --image size)")
+        p.add_argument("--height", type=int, help="pixels, as --width")
+        p.add_argument("--steps", type=int, help="denoising steps (default 20)")
+        p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default 4.0)")
+        p.add_argument("--negative", help="negative prompt")
+        p.add_argument("--seed", type=int, help="image k is drawn from seed + k (default 0)")
+        p.add_argument("--num-images", type=int, help="images per request, named OUT_0000, OUT_0001... (default 1)")
+        p.set_defaults(func=cmd_generate)
+    p = families.choices["text2earth"]
+    p.add_argument("--gsd-guidance", type=float, help="guide the GSD separately from the text with this scale")
+    p.add_argument("--tile", type=int, help="denoise a larger scene in overlapping tiles of this size")
+    p.add_argument("--overlap", type=int, help="tile overlap in pixels (default 16)")
+    p.add_argument("--image", help="inpainting: PNG / JPEG or GeoTIFF whose unmasked pixels are kept")
+    p.add_argument("--mask", help="inpainting: mask of the --image's size, nonzero = regenerate")
+    p = families.choices["crsdiff"]
+    p.add_argument("--reference", help="image or GeoTIFF: its metadata, its size (cut from the top-left to the "
+                                       "model's stride) and the source of --maps")
+    p.add_argument("--maps", help="maps computed from --reference: comma-separated canny, sketch, content, landcover")
+    p.add_argument("--canny", help="edge map image (grey, 0-255 or 0-1) of the output's size")
+    p.add_argument("--sketch", help="sketch map image (grey, 0-255 or 0-1) of the output's size")
+    p.add_argument("--content", help="RGB image whose colours and textures are wanted (layout scrambled)")
+    p.add_argument("--dem", help="elevation raster (reprojected onto a georeferenced --reference, else resized)")
+    p.add_argument("--landcover", help="class raster, codes 0 water, 1 vegetation, 2 bright open ground, "
+                                       "3 dark bare ground (others: no data)")
+    p.add_argument("--road", help="GeoJSON lines, placed by a georeferenced --reference")
+    p.add_argument("--scale", action="append", metavar="NAME=VALUE", help="a control map's strength (default 1)")
+    p.add_argument("--meta", action="append", metavar="KEY=VALUE",
+                   help="metadata: gsd, year, month, day, date (YYYY-MM-DD), cloud_cover (%%), lat, lon; "
+                        "overrides the --reference's")
+    p.add_argument("--condition-guidance", type=float,
+                   help="guide metadata and maps separately from the text with this scale")
 
     p = parsers["augment"]
     p.add_argument("--demo", action="store_true", help="the bundled real tiles and default models, 32 images")

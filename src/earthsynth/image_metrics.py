@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -137,3 +138,42 @@ def ergas(estimate, truth, ratio: float = 1.0) -> float:
     if not valid.any():
         return math.nan
     return float(100.0 * ratio * torch.sqrt((mse[valid] / mean[valid] ** 2).mean()))
+
+
+def edge_f1(predicted: np.ndarray, reference: np.ndarray, tolerance: float = 2.0) -> float:
+    """F1 of two binary edge maps (H, W), an edge pixel counting as matched when the other
+    map has an edge within `tolerance` pixels (precision over the predicted edges, recall
+    over the reference edges). Two empty maps agree perfectly (1.0)."""
+    import cv2
+
+    predicted, reference = np.asarray(predicted) > 0, np.asarray(reference) > 0
+    if not predicted.any() and not reference.any():
+        return 1.0
+    if not predicted.any() or not reference.any():
+        return 0.0
+
+    def distance_to(edges):  # distance of every pixel to the nearest edge pixel
+        return cv2.distanceTransform((~edges).astype(np.uint8), cv2.DIST_L2, 3)
+
+    precision = float((distance_to(reference)[predicted] <= tolerance).mean())
+    recall = float((distance_to(predicted)[reference] <= tolerance).mean())
+    return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+
+
+def seam_score(image: np.ndarray, seam_columns, seam_rows) -> float:
+    """Mean absolute step across the given tile borders over the mean step everywhere else,
+    for an (H, W, C) or (H, W) image. A border at column x is the step between columns x - 1
+    and x. Near 1: the borders cannot be told from the rest; well above 1: visible seams."""
+    image = np.asarray(image, dtype=np.float64)
+    image = image[..., None] if image.ndim == 2 else image
+    across_columns = np.abs(np.diff(image, axis=1)).mean(axis=(0, 2))  # step between x - 1 and x, at index x - 1
+    across_rows = np.abs(np.diff(image, axis=0)).mean(axis=(1, 2))
+    columns = np.zeros(across_columns.shape, bool)
+    rows = np.zeros(across_rows.shape, bool)
+    columns[[x - 1 for x in seam_columns if 0 < x < image.shape[1]]] = True
+    rows[[y - 1 for y in seam_rows if 0 < y < image.shape[0]]] = True
+    seams = np.concatenate([across_columns[columns], across_rows[rows]])
+    rest = np.concatenate([across_columns[~columns], across_rows[~rows]])
+    if not len(seams) or not len(rest):
+        raise ValueError("need at least one seam and one non-seam position")
+    return float(seams.mean() / max(rest.mean(), 1e-12))

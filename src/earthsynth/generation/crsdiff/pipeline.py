@@ -107,6 +107,8 @@ class CRSDiffPipeline(MetadataPipelineBase):
         if len(set(sizes.values())) > 1:
             raise ValueError(f"control maps differ in size: {sizes}")
         for name, scale in control_scales.items():
+            if name not in maps:
+                raise ValueError(f"a control scale for {name!r}, but no {name!r} map")
             if not isinstance(scale, (int, float)) or scale < 0:
                 raise ValueError(f"control scale for {name!r} must be a number >= 0, got {scale!r}")
         return maps, {name: float(control_scales.get(name, 1.0)) for name in maps}
