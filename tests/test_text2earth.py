@@ -146,3 +146,21 @@ def test_family_loss_trains(components):
     loss.backward()
     assert torch.isfinite(loss) and components["unet"].unet.conv_in.weight.grad is not None
     assert config.model.balance_gsd
+
+
+def test_unet_initialised_from_a_local_pretrained_unet(tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    from earthsynth.generation.metadata_unet import init_from_pretrained_unet
+
+    config = load_config("configs/text2earth.yaml", TINY)
+    model = get_family("text2earth").build(config)["unet"]
+    # a "Stable Diffusion" folder whose UNet has the same blocks but 4 latent channels
+    inner = dict(model.unet.config)
+    pretrained = UNet2DConditionModel.from_config({**inner, "in_channels": 4, "out_channels": 4})
+    pretrained.save_pretrained(tmp_path / "sd" / "unet")
+    copied, total = init_from_pretrained_unet(model, tmp_path / "sd")
+    assert total - 4 <= copied < total  # all but conv_in / conv_out weight and bias
+    torch.testing.assert_close(model.unet.mid_block.resnets[0].conv1.weight, pretrained.mid_block.resnets[0].conv1.weight)
+    with pytest.raises(Exception, match="safetensors"):
+        init_from_pretrained_unet(model, tmp_path)

@@ -81,3 +81,33 @@ class MetadataUNet(ModelMixin, ConfigMixin):
         return self.unet(sample, timestep, encoder_hidden_states=text_tokens, encoder_attention_mask=text_mask,
                          class_labels=metadata, down_block_additional_residuals=down_residuals,
                          mid_block_additional_residual=mid_residual).sample
+
+
+def init_from_pretrained_unet(model: MetadataUNet, directory) -> tuple[int, int]:
+    """Copy into `model` every tensor of a local diffusers UNet2DConditionModel (a Stable
+    Diffusion folder's unet/, or a UNet folder) whose name and shape match; the rest keeps its
+    initialisation. Returns (tensors copied, tensors in the model).
+
+    What matches depends on the run config: a config with the pretrained UNet's widths,
+    layers and attention placement copies nearly everything but the pixel-space input and
+    output convolutions (3 channels here, 4 latent channels in Stable Diffusion)."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from earthsynth.errors import InputError
+
+    folder = Path(directory)
+    if (folder / "unet").is_dir():
+        folder = folder / "unet"
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise InputError(folder, "no UNet weights in .safetensors here (pickled weights are not read)")
+    pretrained = {}
+    for path in files:
+        pretrained.update(load_file(path))
+    own = model.unet.state_dict()
+    matching = {name: tensor for name, tensor in pretrained.items()
+                if name in own and own[name].shape == tensor.shape}
+    model.unet.load_state_dict(matching, strict=False)
+    return len(matching), len(own)

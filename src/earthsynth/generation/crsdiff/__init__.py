@@ -25,7 +25,11 @@ from earthsynth.data.control_tiles import CONTROL_CHANNELS, ControlTiles
 from earthsynth.data.tiles import collate_samples
 from earthsynth.generation.common import to_pil
 from earthsynth.generation.crsdiff.pipeline import CRSDiffPipeline, CRSDiffPipelineOutput
-from earthsynth.generation.metadata_unet import MetadataUNet, unet_block_types
+from earthsynth.generation.metadata_unet import (
+    MetadataUNet,
+    init_from_pretrained_unet,
+    unet_block_types,
+)
 from earthsynth.generation.text2earth import random_flips
 from earthsynth.registry import Family
 from earthsynth.training.objective import DiffusionObjective, make_noise_scheduler
@@ -41,6 +45,7 @@ class CRSDiffModelConfig:
     attention_head_dim: int = 16
     adapter_hidden: int = 16  # width of each map's conv pyramid
     text_encoder: str = ""
+    init_unet: str = ""  # a local Stable Diffusion / diffusers UNet folder: copy the tensors that fit
     max_text_tokens: int = 32
     text_dropout: float = 0.15
     metadata_dropout: float = 0.15  # all fields at once
@@ -60,6 +65,9 @@ def build(config) -> dict:
                         attention_head_dim=mc.attention_head_dim, cross_attention_dim=text.dim,
                         scalar_fields=SCALAR_FIELDS)
     adapter = ControlAdapter.from_unet_config(unet.unet.config, dict(CONTROL_CHANNELS), hidden=mc.adapter_hidden)
+    if mc.init_unet:
+        copied, total = init_from_pretrained_unet(unet, mc.init_unet)
+        print(f"{config.family}: {copied} of {total} UNet tensors initialised from {mc.init_unet}")
     tc = config.train
     noise_scheduler = make_noise_scheduler(tc.num_train_timesteps, tc.beta_schedule, tc.prediction_type)
     probabilities = {"text": mc.text_dropout, "metadata": mc.metadata_dropout}

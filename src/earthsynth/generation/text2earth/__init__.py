@@ -23,7 +23,11 @@ from torch.utils.data import Dataset
 from earthsynth.conditioning import ConditionDropout, TextConditioner
 from earthsynth.data.tiles import RealTiles, collate_samples
 from earthsynth.generation.common import gsd_values, to_pil
-from earthsynth.generation.metadata_unet import MetadataUNet, unet_block_types
+from earthsynth.generation.metadata_unet import (
+    MetadataUNet,
+    init_from_pretrained_unet,
+    unet_block_types,
+)
 from earthsynth.generation.text2earth.pipeline import Text2EarthPipeline, Text2EarthPipelineOutput
 from earthsynth.registry import Family
 from earthsynth.training.objective import DiffusionObjective, make_noise_scheduler
@@ -38,6 +42,7 @@ class Text2EarthModelConfig:
     attention_levels: int = 2  # cross-attention on the coarsest levels
     attention_head_dim: int = 16
     text_encoder: str = ""  # "" = bundled MiniLM; or a local transformers / Stable Diffusion directory
+    init_unet: str = ""  # a local Stable Diffusion / diffusers UNet folder: copy the tensors that fit
     max_text_tokens: int = 32
     text_dropout: float = 0.15  # dynamic condition adaptation: text and GSD dropped independently
     gsd_dropout: float = 0.15
@@ -75,6 +80,9 @@ def build(config) -> dict:
                         down_block_types=down, up_block_types=up, layers_per_block=mc.layers_per_block,
                         attention_head_dim=mc.attention_head_dim, cross_attention_dim=text.dim,
                         scalar_fields=("gsd",))
+    if mc.init_unet:
+        copied, total = init_from_pretrained_unet(unet, mc.init_unet)
+        print(f"{config.family}: {copied} of {total} UNet tensors initialised from {mc.init_unet}")
     tc = config.train
     noise_scheduler = make_noise_scheduler(tc.num_train_timesteps, tc.beta_schedule, tc.prediction_type)
     return {
