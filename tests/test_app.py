@@ -47,11 +47,30 @@ def table(rows):
 
 
 def tiny_models(folder: Path) -> Path:
-    """--model-dir with a tiny untrained hsi and x4 ediffsr pipeline (aerogen stays the bundled one)."""
+    """--model-dir with tiny untrained hsi, x4 ediffsr, text2earth and crsdiff pipelines (aerogen
+    stays the bundled one)."""
     tiny_pipeline().save_pretrained(folder / "hsi")
     EDiffSRPipeline(eanet=tiny_eanet(), scheduler=MeanRevertingScheduler(num_train_timesteps=20)).save_pretrained(
         folder / "ediffsr")
+    for family in ("text2earth", "crsdiff"):
+        tiny_metadata_pipeline(family).save_pretrained(folder / family)
     return folder
+
+
+def tiny_metadata_pipeline(family: str):
+    """An untrained text2earth or crsdiff pipeline: stride 8, 64 px tiles."""
+    from earthsynth.config import load_config
+    from earthsynth.registry import get_family
+
+    overrides = ["model.block_out_channels=[16,32,32,32]", "model.attention_head_dim=8"]
+    if family == "crsdiff":
+        from earthsynth.generation.crsdiff import make_pipeline
+
+        overrides.append("model.adapter_hidden=8")
+    else:
+        from earthsynth.generation.text2earth import make_pipeline
+    config = load_config(Path(__file__).resolve().parents[1] / "configs" / f"{family}.yaml", overrides)
+    return make_pipeline(get_family(family).build(config))
 
 
 @pytest.fixture(scope="module")
@@ -275,6 +294,111 @@ def test_stop_ends_the_running_job(app, tmp_path):
     still_serving(client)
 
 
+# ----------------------------------------------------------------------------- text to image
+PROMPT = "NEON airborne RGB orthophoto, dense vegetation"
+UTM_GRID = (0.5, 0.0, 404000.0, 0.0, -0.5, 3285000.0)  # 0.5 m pixels near Gainesville, Florida
+
+
+def photo(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """(H, W, 3) uint8 gradients with some noise, so edge maps are not empty."""
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(0, 200, width)[None, :, None] + np.linspace(0, 50, height)[:, None, None]
+    return np.clip(ramp + rng.integers(0, 40, (height, width, 3)), 0, 255).astype(np.uint8)
+
+
+def text_to_image(client, mode="single image", width=64, height=48, image=None, mask=None, gsd=0.2, unknown=False):
+    return client.predict(PROMPT, gsd, unknown, width, height, mode, image, mask, 2, 4.0, 0, 0,
+                          api_name="/text2image_generate")
+
+
+def test_text_to_image_single_tiled_and_inpainted(app, tmp_path):
+    client, _ = app
+    status, image, download = text_to_image(client)
+    assert np.asarray(Image.open(image)).shape == (48, 64, 3)
+    assert Path(download).suffix == ".png" and np.asarray(Image.open(download)).shape == (48, 64, 3)
+    assert "64 x 48 px" in status and "0.2 m/px" in status
+
+    status, image, _ = text_to_image(client, "tiled scene", 136, 80, gsd=None, unknown=True)
+    assert np.asarray(Image.open(image)).shape == (80, 136, 3)
+    assert "tiles of 64 px overlapping by 16 px" in status and "GSD unknown" in status
+
+    # a 70 x 50 GeoTIFF is cut to 64 x 48; outside the mask its pixels are kept, and its grid and GSD
+    pixels = photo(50, 70)
+    write_geotiff(tmp_path / "scene.tif", Raster(data=pixels.transpose(2, 0, 1), crs="EPSG:32617",
+                                                 transform=UTM_GRID))
+    mask = np.zeros((50, 70), dtype=np.uint8)
+    mask[10:30, 20:40] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    status, image, download = text_to_image(client, "inpaint", 8, 8, handle_file(tmp_path / "scene.tif"),
+                                            handle_file(tmp_path / "mask.png"), gsd=None, unknown=True)
+    out = np.asarray(Image.open(image))
+    assert out.shape == (48, 64, 3)
+    kept = mask[:48, :64] == 0
+    assert np.abs(out[kept].astype(int) - pixels[:48, :64][kept]).max() <= 1
+    assert "cut from its top-left corner to 64 x 48 px" in status and "0.5 m/px read from the GeoTIFF" in status
+    written = read_geotiff(download)
+    assert Path(download).suffix == ".tif" and written.data.shape == (3, 48, 64)
+    assert "32617" in str(written.crs) and written.transform == pytest.approx(UTM_GRID)
+
+
+def test_text_to_image_bad_sizes_are_one_line(app, tmp_path):
+    client, _ = app
+    assert_app_error(lambda: text_to_image(client, width=60), "width", "60 px", "multiple of 8")
+    assert np.asarray(Image.open(text_to_image(client)[1])).shape == (48, 64, 3)
+    assert_app_error(lambda: text_to_image(client, width=512, height=512), "at most 256 px", "tiled scene")
+    Image.fromarray(photo(40, 40)).save(tmp_path / "small.png")
+    Image.fromarray(np.full((48, 64), 255, dtype=np.uint8)).save(tmp_path / "mask.png")
+    assert_app_error(lambda: text_to_image(client, "inpaint", image=handle_file(tmp_path / "small.png"),
+                                           mask=handle_file(tmp_path / "mask.png")), "mask.png", "image's size")
+    status, image, _ = text_to_image(client, width=32, height=32)
+    assert np.asarray(Image.open(image)).shape == (32, 32, 3)
+
+
+# ----------------------------------------------------------------------------- control
+def control(client, reference=None, maps=("canny",), dem=None, gsd="", date="", cloud="", lat="", lon=""):
+    return client.predict(PROMPT, reference, list(maps), dem, gsd, date, cloud, lat, lon, 1.0, 2, 4.0, 0,
+                          api_name="/control_generate")
+
+
+def test_control_geotiff_reference_gives_maps_metadata_and_a_georeferenced_image(app, tmp_path):
+    client, _ = app
+    write_geotiff(tmp_path / "scene.tif", Raster(data=photo(50, 70).transpose(2, 0, 1), crs="EPSG:32617",
+                                                 transform=UTM_GRID,
+                                                 tags={"ACQUISITION_DATE": "2021-06-15", "CLOUD_COVER": "5"}))
+    elevation = (np.linspace(100, 300, 40)[None, :] + np.linspace(0, 50, 30)[:, None]).astype(np.float32)
+    write_geotiff(tmp_path / "dem.tif", Raster(data=elevation[None], crs="EPSG:32617",  # 1 m pixels, same place
+                                               transform=(1.0, 0.0, 404000.0, 0.0, -1.0, 3285000.0)))
+    status, gallery, image, download = control(client, handle_file(tmp_path / "scene.tif"),
+                                               ["canny", "content", "landcover"], handle_file(tmp_path / "dem.tif"))
+    assert np.asarray(Image.open(image)).shape == (48, 64, 3)
+    assert [item["caption"] for item in gallery] == ["reference, 64 x 48 px", "canny edges",
+                                                     "content (shuffled colours)", "land cover", "DEM (stretched)"]
+    assert all(np.asarray(Image.open(item["image"])).shape == (48, 64, 3) for item in gallery)
+    assert "cut from its top-left corner to 64 x 48 px" in status
+    for fact in ("gsd 0.5 m/px", "year 2021", "month 6", "day 15", "cloud_cover 5 %", "lat 29.69", "lon -81.99"):
+        assert fact in status, f"{fact!r} not in {status!r}"
+    written = read_geotiff(download)
+    assert Path(download).name == "scene_crsdiff.tif" and written.data.shape == (3, 48, 64)
+    assert "32617" in str(written.crs) and written.transform == pytest.approx(UTM_GRID)
+
+
+def test_control_bad_metadata_is_one_line_and_the_next_request_works(app, tmp_path):
+    client, _ = app
+    Image.fromarray(photo(64, 64)).save(tmp_path / "ref.png")
+    reference = handle_file(tmp_path / "ref.png")
+    assert_app_error(lambda: control(client, reference, date="2021-13"), "month", "13", "out of range")
+    assert_app_error(lambda: control(client, None, ["sketch"]), "reference", "upload one")
+    assert_app_error(lambda: control(client, reference, lat="north"), "lat", "not a number")
+    status, gallery, image, download = control(client, reference, ["sketch"], gsd="0.3", date="2021-07", lat="45",
+                                               lon="7")
+    assert np.asarray(Image.open(image)).shape == (64, 64, 3) and Path(download).suffix == ".png"
+    assert [item["caption"] for item in gallery] == ["reference, 64 x 64 px", "sketch"]
+    assert "gsd 0.3 m/px" in status and "month 7" in status and "cut from" not in status
+    # no reference: prompt and metadata only, at the model's tile size
+    _, gallery, image, _ = control(client, None, [], gsd="10")
+    assert np.asarray(Image.open(image)).shape == (64, 64, 3) and gallery == []
+
+
 # ----------------------------------------------------------------------------- missing models
 def test_tabs_without_a_model_say_how_to_get_one(monkeypatch, tmp_path):
     import earthsynth.generation.common as common
@@ -282,13 +406,13 @@ def test_tabs_without_a_model_say_how_to_get_one(monkeypatch, tmp_path):
 
     real = common.bundled_checkpoint
 
-    def only_aerogen(name):  # as on a machine where hsi and ediffsr have not been trained
-        if name in ("hsi", "ediffsr"):
+    def only_aerogen(name):  # as on a machine where hsi, ediffsr, text2earth and crsdiff have not been trained
+        if name in ("hsi", "ediffsr", "text2earth", "crsdiff"):
             raise InputError(f"assets/{name}", "bundled checkpoint missing")
         return real(name)
 
     monkeypatch.setattr(common, "bundled_checkpoint", only_aerogen)
-    ctx = AppContext(tmp_path)  # a --model-dir without hsi/ or ediffsr/
+    ctx = AppContext(tmp_path)  # a --model-dir without hsi/, ediffsr/, text2earth/ or crsdiff/
     try:
         demo = build_app(ctx)
     finally:
@@ -298,11 +422,13 @@ def test_tabs_without_a_model_say_how_to_get_one(monkeypatch, tmp_path):
     hsi = next(t for t in texts if "hsi model" in t)
     assert "Not available yet" in hsi and "earthsynth train configs/hsi" in hsi and "--model-dir" in hsi
     assert any("Not available yet" in t and "ediffsr" in t for t in texts)
-    assert any("text2earth" in t and "not built yet" in t for t in texts)
-    assert any("crsdiff" in t and "not built yet" in t for t in texts)
+    for family in ("text2earth", "crsdiff"):
+        text = next(t for t in texts if f"No {family} model" in t)
+        assert "Not available yet" in text and f"earthsynth train configs/{family}.yaml" in text
+        assert "--model-dir DIR" in text and f"DIR/{family}" in text
     endpoints = {d.get("api_name") for d in demo.config["dependencies"]}
     assert "layout_generate" in endpoints and "augment_run" in endpoints
-    assert not endpoints & {"hsi_denoise", "sr_upscale"}
+    assert not endpoints & {"hsi_denoise", "sr_upscale", "text2image_generate", "control_generate"}
 
 
 def test_demo_noise_follows_the_cube_units_and_envi_uploads_open_by_their_header(tmp_path):

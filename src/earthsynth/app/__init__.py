@@ -1,12 +1,13 @@
 """The Gradio demo served by `earthsynth app`: one tab per job (layout-to-image,
-hyperspectral denoising, super-resolution, dataset augmentation), thin over the pipelines
-and the file functions of the command line.
+hyperspectral denoising, super-resolution, dataset augmentation, text to image, control
+maps), thin over the pipelines and the file functions of the command line.
 
     from earthsynth.app import launch_app
     demo, ctx = launch_app("127.0.0.1", 7860, model_dir=None)
 
 Endpoints (for gradio_client): /layout_preview, /layout_random, /layout_generate,
-/hsi_denoise, /hsi_spectrum, /sr_upscale, /augment_run (a tab whose model is missing has none).
+/hsi_denoise, /hsi_spectrum, /sr_upscale, /augment_run, /text2image_generate, /control_generate
+(a tab whose model is missing has none).
 """
 
 __all__ = ["build_app", "launch_app"]

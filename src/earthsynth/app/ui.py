@@ -7,8 +7,8 @@ import os
 
 import gradio as gr
 
-from earthsynth.app import augment, hyperspectral, layout, superres
-from earthsynth.app.common import AppContext, not_available
+from earthsynth.app import augment, control, hyperspectral, layout, superres, text2image
+from earthsynth.app.common import AppContext
 
 MAX_FILE_SIZE = "200mb"  # per upload
 QUEUE_SIZE = 16  # requests waiting beyond this are refused ("queue full") instead of piling up
@@ -19,12 +19,6 @@ THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
 INTRO = ("# earthsynth\n"
          "Synthesise remote-sensing data with conditional diffusion models. Each tab runs one job with "
          "the bundled models (or those of `--model-dir`) on this machine; requests run one at a time.")
-TEXT2EARTH = not_available(
-    "text2earth (text + ground sample distance -> RGB image, tiled scenes, inpainting) is planned and not "
-    "built yet.", "See the README for the families that are built.")
-CRSDIFF = not_available(
-    "crsdiff (text + metadata + control maps: edges, sketch, DEM, land cover, roads -> RGB image) is planned "
-    "and not built yet.", "See the README for the families that are built.")
 
 
 def build_app(ctx: AppContext) -> gr.Blocks:
@@ -41,9 +35,9 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             with gr.Tab("Augment", id="augment"):
                 augment.build(ctx)
             with gr.Tab("Text to image", id="text-to-image"):
-                gr.Markdown(TEXT2EARTH)
+                text2image.build(ctx)
             with gr.Tab("Control", id="control"):
-                gr.Markdown(CRSDIFF)
+                control.build(ctx)
         demo.unload(ctx.close_session)
     demo.queue(default_concurrency_limit=1, max_size=QUEUE_SIZE)
     return demo
