@@ -7,7 +7,8 @@
    its checkpoint picked on SOAP_061 (validation), its accuracy reported on OSBS_029 (the
    held-out test image). Then text2earth generates `per-class` images at each requested GSD
    and the classifier names their class: top-1 accuracy against the requested class (chance
-   is 33%), for text + GSD and for GSD alone. The prompts are the same for every GSD (a
+   is 33%), for text + GSD (guided together, and with the GSD guided separately at 3) and
+   for GSD alone. The prompts are the same for every GSD (a
    NEON description and a land-cover phrase, no object counts, which grow with the GSD), so
    only the GSD condition can tell the classes apart; a row with the GSD unknown (None)
    shows what the text alone gives.
@@ -113,13 +114,15 @@ def train_classifier(steps: int = 600, batch: int = 64) -> tuple[nn.Module, dict
 
 def resolution_control(pipe, classifier, per_class: int, steps: int) -> dict:
     rows = {}
-    settings = {"text + GSD": True, "GSD only (empty prompt)": False}
-    for name, with_text in settings.items():
+    settings = {"text + GSD": (True, None), "text + GSD, separate GSD guidance 3": (True, 3.0),
+                "GSD only (empty prompt)": (False, None)}
+    for name, (with_text, gsd_guidance) in settings.items():
         correct, confusion = 0, np.zeros((3, 3), dtype=int)
         for label, gsd in enumerate(GSD_CLASSES):
             prompts = [PROMPTS[i % len(PROMPTS)] if with_text else "" for i in range(per_class)]
             generators = [torch.Generator().manual_seed(1000 * label + i) for i in range(per_class)]
-            images = pipe(prompts, gsd=gsd, num_inference_steps=steps, generator=generators, output_type="pt").images
+            images = pipe(prompts, gsd=gsd, num_inference_steps=steps, gsd_guidance_scale=gsd_guidance,
+                          generator=generators, output_type="pt").images
             with torch.no_grad():
                 predicted = classifier(images).argmax(1).numpy()
             correct += int((predicted == label).sum())
@@ -180,11 +183,12 @@ def main() -> None:
     print("|---|---|")
     print(f"| real, SOAP_061 (validation, picked the checkpoint) | {real['val_accuracy']:.0%} |")
     print(f"| real, OSBS_029 (held-out test) | {real['test_accuracy']:.0%} |")
-    for name in ("text + GSD", "GSD only (empty prompt)"):
+    generated = [name for name in control if "accuracy" in control[name]]
+    for name in generated:
         print(f"| text2earth, {name}, {args.per_class} per class | {control[name]['accuracy']:.0%} |")
     print()
     print("confusion (rows: requested 0.1 / 0.2 / 0.4 m; columns: classified):",
-          {name: control[name]["confusion"] for name in ("text + GSD", "GSD only (empty prompt)")})
+          {name: control[name]["confusion"] for name in generated})
     print("text only, GSD unknown, classified as 0.1 / 0.2 / 0.4 m:",
           control["text only, GSD unknown"]["predicted_counts"])
     print()
