@@ -229,3 +229,29 @@ def test_bad_input_is_one_line_naming_the_file_and_writes_nothing(tmp_path, text
         for word in [*words, *([named] if named else [])]:
             assert word in err, (name, word, err)
         assert not stdout and not list((tmp_path / "out").iterdir()), name
+
+
+@pytest.mark.parametrize("family, extra", [
+    ("text2earth", ["--gsd", "0.2"]),
+    ("crsdiff", ["--reference", "REFERENCE", "--maps", "canny,sketch", "--meta", "gsd=0.1"]),
+])
+def test_bundled_models_generate(family, extra, tmp_path, capsys):
+    """The bundled default checkpoints through the CLI: real images, not noise."""
+    from earthsynth.data.tiles import RealTiles
+
+    if "REFERENCE" in extra:
+        tile = RealTiles("test", tile_size=64, gsd_factors=[1])[10]
+        reference = tmp_path / "reference.png"
+        Image.fromarray((tile["image"].permute(1, 2, 0).numpy() * 255).astype(np.uint8)).save(reference)
+        extra = [str(reference) if item == "REFERENCE" else item for item in extra]
+    out = tmp_path / "out.png"
+    code = main(["generate", family, "--prompt", "NEON airborne RGB orthophoto, dense vegetation", *extra,
+                 "--steps", "10", "--seed", "1", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    pixels = np.asarray(Image.open(out)).astype(np.float32)
+    assert pixels.shape == (64, 64, 3)
+    # white noise has neighbouring pixels as different as any two; an image has them alike
+    neighbour = np.abs(np.diff(pixels, axis=1)).mean()
+    shuffled = np.abs(np.diff(np.random.default_rng(0).permutation(pixels.reshape(-1, 3)).reshape(64, 64, 3),
+                              axis=1)).mean()
+    assert neighbour < 0.7 * shuffled
