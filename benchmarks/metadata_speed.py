@@ -40,7 +40,7 @@ GUIDANCE = 4.0
 def load(family: str):
     """The bundled pipeline of a family, or one built from its config with random weights."""
     module = __import__(f"earthsynth.generation.{family}", fromlist=["make_pipeline"])
-    pipeline_class = {"text2earth": module.Text2EarthPipeline, "crsdiff": module.CRSDiffPipeline}[family]
+    pipeline_class = module.Text2EarthPipeline if family == "text2earth" else module.CRSDiffPipeline
     try:
         pipe, source = pipeline_class.from_pretrained(bundled_checkpoint(family)), "bundled checkpoint"
     except InputError:
