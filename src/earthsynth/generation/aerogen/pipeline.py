@@ -23,7 +23,7 @@ from earthsynth.boxes import Boxes
 from earthsynth.conditioning.layout import layout_from_boxes
 from earthsynth.conditioning.text import TextConditioner
 from earthsynth.generation.aerogen.model import encode_layout
-from earthsynth.generation.common import to_pil
+from earthsynth.generation.common import combine_guidance, images_for_output, initial_noise
 
 
 @dataclass
@@ -156,14 +156,7 @@ class AeroGenPipeline(DiffusionPipeline):
     # 3. noise
     def prepare_latents(self, batch: int, height: int, width: int, generator) -> torch.Tensor:
         shape = (batch, self.unet.config.out_channels, height, width)
-        if isinstance(generator, list):  # one generator per image: an image does not depend on its batch
-            if len(generator) != batch:
-                raise ValueError(f"{len(generator)} generators for {batch} images")
-            latents = torch.cat([torch.randn((1, *shape[1:]), generator=g, dtype=torch.float32) for g in generator])
-        else:
-            latents = torch.randn(shape, generator=generator, dtype=torch.float32)
-        latents = latents.to(self.device, self.unet.dtype)
-        return latents * self.scheduler.init_noise_sigma
+        return initial_noise(shape, generator, self.device, self.unet.dtype) * self.scheduler.init_noise_sigma
 
     def denoise(self, latents, t, text, text_mask, layout):
         return self.unet(self.scheduler.scale_model_input(latents, t), t, text, text_mask, layout=layout)
@@ -212,26 +205,10 @@ class AeroGenPipeline(DiffusionPipeline):
         for t in self.progress_bar(self.scheduler.timesteps):
             model_in = latents.repeat(len(passes), 1, 1, 1)
             out = self.denoise(model_in, t, stacked[0], stacked[1], layout_inputs)
-            outs = out.chunk(len(passes))
-            if len(passes) == 1:
-                guided = outs[0]
-            elif layout_guidance_scale is None:
-                cond, uncond = outs
-                guided = uncond + guidance_scale * (cond - uncond)
-            else:
-                cond, text_only, uncond = outs
-                guided = uncond + guidance_scale * (text_only - uncond) + layout_guidance_scale * (cond - text_only)
+            guided = combine_guidance(out.chunk(len(passes)), guidance_scale, layout_guidance_scale)
             latents = self.scheduler.step(guided, t, latents, generator=generator).prev_sample
 
         # 5. output
-        images = latents.float().clamp(-1, 1)
-        if output_type == "pil":
-            images = to_pil(images)
-        elif output_type == "np":
-            images = ((images + 1) / 2).permute(0, 2, 3, 1).cpu().numpy()
-        elif output_type == "pt":
-            images = (images + 1) / 2
-        else:
-            raise ValueError(f"output_type must be pil, np or pt, got {output_type!r}")
+        images = images_for_output(latents, output_type)
         self.maybe_free_model_hooks()
         return AeroGenPipelineOutput(images=images, layouts=layouts)
