@@ -263,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=int, default=4, help="2 or 4; must be the model's (default 4)")
     p.add_argument("--out", required=True, help="output file: .png / .jpg for images, .tif for GeoTIFFs")
     p.add_argument("--model", help="ediffsr pipeline folder (default: the bundled one)")
-    p.add_argument("--steps", type=int, default=10, help="denoising steps (default 10)")
+    p.add_argument("--steps", type=int, help="denoising steps (default: the bundled model's best on validation)")
     p.add_argument("--tile", type=int, default=128, help="tile size in low-resolution pixels, bounds memory (default 128)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_upscale)

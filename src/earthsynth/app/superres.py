@@ -13,6 +13,7 @@ from earthsynth.app.common import JOBS, AppContext, copy_uploads, not_available,
 from earthsynth.app.jobs import ChildJob
 from earthsynth.data.geotiff import PLAIN_IMAGE_SUFFIXES, read_geotiff, to_uint8_rgb
 from earthsynth.errors import InputError
+from earthsynth.generation.ediffsr.pipeline import DEFAULT_STEPS
 
 INPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 PREVIEW_MAX = 1024  # larger outputs are shown shrunk (the download keeps every pixel)
@@ -97,7 +98,7 @@ def build(ctx: AppContext) -> None:
                            elem_id="sr-file")
             scale = gr.Radio(["x2", "x4"], value=f"x{trained or 4}", label="scale",
                              info=f"this model is trained for x{trained}" if trained else None)
-            steps = gr.Slider(1, 50, value=10, step=1, label="steps", elem_id="sr-steps")
+            steps = gr.Slider(1, 50, value=DEFAULT_STEPS, step=1, label="steps", elem_id="sr-steps")
             seed = gr.Number(value=0, precision=0, label="seed", minimum=0)
             with gr.Row():
                 run = gr.Button("Upscale", variant="primary", elem_id="sr-run")

@@ -31,6 +31,10 @@ from diffusers.utils import BaseOutput
 from earthsynth.generation.common import process_in_tiles
 from earthsynth.generation.ediffsr.scheduler import MeanRevertingScheduler
 
+# the step count of the CLI, the app and __call__: the best validation PSNR of the bundled
+# model (benchmarks/ediffsr_quality.py; more steps add texture the model cannot place)
+DEFAULT_STEPS = 10
+
 
 @dataclass
 class EDiffSRPipelineOutput(BaseOutput):
@@ -87,7 +91,7 @@ class EDiffSRPipeline(DiffusionPipeline):
         return (mean + residual).clamp(-1, 1)
 
     @torch.no_grad()
-    def __call__(self, image, scale: int | None = None, num_inference_steps: int = 10,
+    def __call__(self, image, scale: int | None = None, num_inference_steps: int = DEFAULT_STEPS,
                  generator: torch.Generator | None = None, tile: int = 128, overlap: int = 16,
                  output_type: str = "pt") -> EDiffSRPipelineOutput:
         low = torch.as_tensor(np.asarray(image) if not isinstance(image, torch.Tensor) else image).float()

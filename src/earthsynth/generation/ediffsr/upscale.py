@@ -31,6 +31,7 @@ from PIL import Image
 from earthsynth.data.common import atomic_write
 from earthsynth.data.geotiff import PLAIN_IMAGE_SUFFIXES, Raster, read_geotiff, write_geotiff
 from earthsynth.errors import InputError
+from earthsynth.generation.ediffsr.pipeline import DEFAULT_STEPS
 
 SCALES = (2, 4)
 PLAIN_OUTPUTS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
@@ -148,14 +149,16 @@ def scaled_transform(transform, scale: int):
     return (a / scale, b / scale, c, d / scale, e / scale, f)
 
 
-def upscale_file(src, out, model_dir=None, steps: int = 10, scale: int = 4, tile: int = 128, seed: int = 0) -> Path:
+def upscale_file(src, out, model_dir=None, steps: int | None = None, scale: int = 4, tile: int = 128, seed: int = 0) -> Path:
     """Super-resolve the image or GeoTIFF `src` x`scale` into `out` and return `out`.
 
     PNG / JPEG in -> PNG / JPEG out (by `out`'s suffix); GeoTIFF in -> GeoTIFF out with the
     same CRS, origin and bands and a pixel size divided by `scale`. Written atomically: on
     any error nothing is left at `out`. Bad input raises `InputError` naming the file.
+    steps None = DEFAULT_STEPS.
     """
     src, out = Path(src), Path(out)
+    steps = DEFAULT_STEPS if steps is None else steps
     if scale not in SCALES:
         raise InputError(src, f"--scale must be 2 or 4, got {scale}")
     if steps < 1:
