@@ -31,7 +31,8 @@ from earthsynth.generation.hsi import (
     LatentDenoiser3D,
 )
 from earthsynth.generation.hsi.classical import pca_truncation
-from earthsynth.generation.hsi.model import pad_cube, subspace_projections
+from earthsynth.generation.hsi.lowrank import robust_projection, spectral_noise_sigmas
+from earthsynth.generation.hsi.model import pad_cube
 from earthsynth.generation.hsi.pipeline import normalisation, to_dtype
 from earthsynth.training.loop import train
 from tests_support import assert_input_error
@@ -111,16 +112,67 @@ def test_autoencoder_and_denoiser_take_any_band_count_and_size(bands, size):
     assert pipe.refiner(cube, cube * 0.5).shape == cube.shape
 
 
-def test_refiner_projections_are_the_classical_pca_truncation():
-    # a rank-3 cube plus noise: the refiner's inputs must match the numpy PCA denoiser
-    generator = torch.Generator().manual_seed(0)
-    cube = torch.einsum("kb,khw->bhw", torch.rand(3, 24, generator=generator), torch.rand(3, 10, 9, generator=generator))
-    noisy = cube + 0.05 * torch.randn(cube.shape, generator=generator)
-    rank2, rank3, everything = subspace_projections(noisy[None], [2, 3, 24])
-    for rank, projected in ((2, rank2), (3, rank3)):
-        assert np.allclose(projected[0].numpy(), pca_truncation(noisy.numpy(), rank), atol=1e-5)
-    assert torch.equal(everything[0], noisy)
-    assert (rank3[0] - cube).abs().mean() < (noisy - cube).abs().mean() / 2  # the projection removes noise
+def low_rank_cube_with_sensor_noise(seed: int = 0, impulse_fraction: float = 0.05):
+    """A rank-3 cube (24 bands, 24x24, spatially smooth abundances), the same with Gaussian
+    noise whose std grows 20-fold across the bands plus impulses in a third of the bands, and
+    the impulse mask."""
+    generator = torch.Generator().manual_seed(seed)
+    spectra = torch.rand(3, 24, generator=generator)
+    abundances = torch.nn.functional.avg_pool2d(torch.rand(1, 3, 28, 28, generator=generator), 5, stride=1)[0]
+    cube = torch.einsum("kb,khw->bhw", spectra, abundances)
+    sigmas = torch.linspace(0.005, 0.1, 24)[:, None, None]
+    impulses = (torch.rand(cube.shape, generator=generator) < impulse_fraction) & (torch.arange(24) % 3 == 0)[:, None, None]
+    noisy = cube + sigmas * torch.randn(cube.shape, generator=generator)
+    noisy = torch.where(impulses, torch.ones_like(cube) * 2, noisy)
+    return cube, noisy, impulses
+
+
+def test_robust_projection_beats_pca_on_band_varying_noise_and_impulses():
+    cube, noisy, impulses = low_rank_cube_with_sensor_noise()
+    estimate, outliers = robust_projection(noisy[None], 3)
+    plain = torch.from_numpy(pca_truncation(noisy.numpy(), 3))
+    error = lambda x: float(((x - cube) ** 2).mean())  # noqa: E731
+    assert error(estimate[0]) < error(plain) / 20
+    assert error(estimate[0]) < error(noisy) / 20
+    # the impulses are found, and little else is
+    assert float(outliers[0][impulses].float().mean()) > 0.95
+    assert float(outliers[0][~impulses].float().mean()) < 0.05
+
+
+def test_whitening_helps_when_the_noise_varies_across_bands():
+    cube, noisy, _ = low_rank_cube_with_sensor_noise(impulse_fraction=0.0)
+    whitened, _ = robust_projection(noisy[None], 3)
+    unwhitened, _ = robust_projection(noisy[None], 3, whiten=False)
+    assert float(((whitened - cube) ** 2).mean()) < 0.7 * float(((unwhitened - cube) ** 2).mean())
+
+
+def test_robust_projection_at_full_rank_and_bad_arguments():
+    cube = torch.rand(1, 5, 6, 6)
+    estimate, outliers = robust_projection(cube, 5)
+    assert torch.equal(estimate, cube) and not outliers.any()
+    with pytest.raises(ValueError, match="at least 1"):
+        robust_projection(cube, 0)
+    with pytest.raises(ValueError, match="3 bands"):
+        spectral_noise_sigmas(torch.rand(1, 2, 6, 6))
+
+
+def test_spectral_noise_sigmas_finds_each_bands_noise():
+    cube, noisy, _ = low_rank_cube_with_sensor_noise(impulse_fraction=0.0)
+    estimated = spectral_noise_sigmas(noisy[None])[0].float()
+    ratio = estimated / torch.linspace(0.005, 0.1, 24)
+    # the other bands' noise leaks into a quiet band's regression, so quiet bands read high
+    assert float(ratio.min()) > 0.8 and float(ratio.max()) < 2.5 and float(ratio[12:].max()) < 1.3
+    assert float(estimated[-6:].mean()) > 3 * float(estimated[:6].mean())
+    assert float(spectral_noise_sigmas(cube[None]).max()) < 1e-3  # a noiseless rank-3 cube
+
+
+def test_refiner_starts_as_the_robust_estimate_and_checks_its_base_rank():
+    _cube, noisy, _impulses = low_rank_cube_with_sensor_noise()
+    refiner = HSIRefiner(channels=4, blocks=1, subspace_ranks=(2, 3), base_rank=3)
+    expected, _ = robust_projection(noisy[None], 3)
+    assert torch.allclose(refiner(noisy[None], torch.zeros_like(noisy[None])), expected)
+    with pytest.raises(ValueError, match="base_rank"):
+        HSIRefiner(subspace_ranks=(4, 8), base_rank=6)
 
 
 def test_normalisation_maps_to_unit_range_and_keeps_zero():

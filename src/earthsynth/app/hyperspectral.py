@@ -26,9 +26,9 @@ FALSE_COLOUR_UM = (0.86, 0.65, 0.55)  # near infrared, red, green: vegetation sh
 
 UNAVAILABLE = not_available(
     "The bundled hsi model is still being trained, so denoising is not available yet: train it with "
-    "`earthsynth train configs/hsi_autoencoder.yaml`, then `configs/hsi.yaml` and `configs/hsi_finetune.yaml`.",
+    "`earthsynth train configs/hsi_autoencoder.yaml`, then `configs/hsi.yaml` (and optionally `configs/hsi_finetune.yaml`).",
     "Then start the app with `earthsynth app --model-dir DIR`, where `DIR/hsi` is the exported pipeline "
-    "(`runs/hsi-finetune/final`).")
+    "(`runs/hsi/final`, or `runs/hsi-finetune/final` after the optional third stage).")
 
 
 # ----------------------------------------------------------------------------- cube helpers

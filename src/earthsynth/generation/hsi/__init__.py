@@ -7,7 +7,8 @@ Three training stages, each a config for `earthsynth train`:
      full-resolution refiner on noisy/clean pairs with one simple noise kind per batch, the
      autoencoder frozen;
   3. family "hsi" again (configs/hsi_finetune.yaml): fine-tuning from stage 2 on the
-     harder mixture of every noise kind at higher strength.
+     harder mixture of every noise kind at higher strength (the bundled model stops at
+     stage 2: with the robust low-rank refiner, stage 3 scored lower on validation).
 Clean cubes: earthsynth.data.hsi_scenes (earthlib spectra under abundance maps from real
 scenes); noise: earthsynth.data.hsi_noise. Every batch is resampled to a band count drawn
 from `train_bands`, so the 3D convolutions learn more than one spectral sampling.
@@ -54,7 +55,9 @@ class HSIModelConfig:
     denoiser_blocks: int = 2
     refiner_channels: int = 16
     refiner_blocks: int = 2
-    subspace_ranks: list[int] = field(default_factory=lambda: [2, 4, 8])  # the refiner's PCA projections
+    subspace_ranks: list[int] = field(default_factory=lambda: [3, 4, 6])  # the refiner's low-rank estimates
+    base_rank: int = 4  # the estimate the refiner corrects (one of subspace_ranks)
+    outlier_threshold: float = 3.0  # robust deviations beyond which a value is an outlier
     train_bands: list[int] = field(default_factory=lambda: [31, 64])  # one drawn per batch
     # stage 2/3
     autoencoder: str = ""  # folder of the stage-1 export (its autoencoder/ subfolder or itself)
@@ -177,7 +180,8 @@ def build(config) -> dict:
                                     condition_channels=mc.condition_channels, width=mc.denoiser_width,
                                     blocks_per_level=mc.denoiser_blocks)
         refiner = HSIRefiner(channels=mc.refiner_channels, blocks=mc.refiner_blocks,
-                             subspace_ranks=tuple(mc.subspace_ranks))
+                             subspace_ranks=tuple(mc.subspace_ranks), base_rank=mc.base_rank,
+                             outlier_threshold=mc.outlier_threshold)
     autoencoder.requires_grad_(False).eval()
     scheduler = DDPMScheduler(num_train_timesteps=mc.diffusion_steps, beta_schedule="squaredcos_cap_v2",
                               prediction_type="sample", clip_sample=False)

@@ -9,12 +9,11 @@ encoding of the noisy cube at the latent's resolution, and predicts the clean la
 
 A small autoencoder cannot reconstruct fine spatial texture (the stage-1 model reaches about
 24 dB on clean validation cubes), which would cap the denoiser below the noisy input itself
-for light noise. So a full-resolution refiner reads the noisy cube beside the decoded one and
-adds the detail back: the latent model says what the scene is, the refiner what the noise
-left of its texture. It also reads the noisy cube projected on its leading principal
-components, at a few ranks: spectra of a scene are mixtures of a few materials, so they lie
-near a low-dimensional subspace while noise spreads over every band (the classical PCA
-denoiser; the refiner learns what those projections leave and lose).
+for light noise. So a full-resolution refiner produces the output: it starts from a robust
+low-rank estimate of the noisy cube (spectra of a scene are mixtures of a few materials, so
+they lie near a low-dimensional subspace while noise spreads over every band; see
+earthsynth.generation.hsi.lowrank) and learns a correction from the noisy cube, the decoded
+one, the estimates at a few ranks and where outliers were found.
 """
 
 from __future__ import annotations
@@ -26,6 +25,7 @@ from diffusers.configuration_utils import register_to_config
 from torch import nn
 
 from earthsynth.generation.common import timestep_embedding
+from earthsynth.generation.hsi.lowrank import robust_projection
 
 MULTIPLE = 4  # every axis is padded to a multiple of this (latent /2, denoiser /2 again)
 
@@ -169,49 +169,50 @@ class LatentDenoiser3D(ModelMixin, ConfigMixin):
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
-def subspace_projections(cube: torch.Tensor, ranks: list[int]) -> list[torch.Tensor]:
-    """(N, B, H, W) -> for each rank, each cube's spectra projected on their `rank` leading
-    principal components (mean spectrum kept); the cube itself where rank >= B."""
-    n, bands, height, width = cube.shape
-    spectra = cube.reshape(n, bands, -1).double()
-    mean = spectra.mean(-1, keepdim=True)
-    centred = spectra - mean
-    covariance = centred @ centred.transpose(1, 2)  # (N, B, B): small, unlike the (B, pixels) SVD
-    _, vectors = torch.linalg.eigh(covariance)  # ascending eigenvalues
-    projections = []
-    for rank in ranks:
-        if rank >= bands:
-            projections.append(cube)
-            continue
-        basis = vectors[..., -rank:]  # (N, B, rank)
-        projected = basis @ (basis.transpose(1, 2) @ centred) + mean
-        projections.append(projected.reshape(n, bands, height, width).to(cube.dtype))
-    return projections
-
-
 class HSIRefiner(ModelMixin, ConfigMixin):
-    """(noisy cube, decoded cube) -> decoded cube + a correction, at full resolution, from the
-    noisy cube, the decoded one and the noisy cube's projections on its leading principal
-    components at each of `subspace_ranks` (how many components hold the signal depends on
-    the scene and the noise: the network weighs the candidates).
+    """(noisy cube, decoded cube) -> a robust low-rank estimate of the noisy cube + a learned
+    correction, at full resolution.
 
-    Starts as the identity on the decoded cube (the last convolution is zero), so training
-    begins from the latent model's answer."""
+    The network reads the noisy cube, the latent model's decoded cube, the noisy cube's
+    robust low-rank estimates (earthsynth.generation.hsi.lowrank.robust_projection: noise
+    whitened, outliers rejected) at each of `subspace_ranks` (how many components hold the
+    signal depends on the scene: the network weighs the candidates) and the outlier mask of
+    the `base_rank` estimate, which is where impulses, dead pixels and stripes were found.
+    It adds its correction to the `base_rank` estimate and starts as the identity on it (the
+    last convolution is zero), so training begins from the classical answer and can only
+    learn what it leaves.
+    """
 
     @register_to_config
-    def __init__(self, channels: int = 16, blocks: int = 2, subspace_ranks: tuple[int, ...] = (2, 4, 8)):
+    def __init__(self, channels: int = 16, blocks: int = 2, subspace_ranks: tuple[int, ...] = (3, 4, 6),
+                 base_rank: int = 4, outlier_threshold: float = 3.0):
         super().__init__()
-        self.conv_in = nn.Conv3d(2 + len(subspace_ranks), channels, 3, padding=1)
+        if base_rank not in subspace_ranks:
+            raise ValueError(f"base_rank {base_rank} must be one of subspace_ranks {tuple(subspace_ranks)}")
+        self.conv_in = nn.Conv3d(3 + len(subspace_ranks), channels, 3, padding=1)
         self.res_blocks = nn.ModuleList(ResBlock3d(channels) for _ in range(blocks))
         self.norm_out = group_norm(channels)
         self.conv_out = nn.Conv3d(channels, 1, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
-    def forward(self, noisy_cube: torch.Tensor, decoded_cube: torch.Tensor) -> torch.Tensor:
+    def low_rank_estimates(self, noisy_cube: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The robust estimate at every rank of the config, and the base rank's outlier mask."""
+        estimates, base_outliers = [], None
         with torch.no_grad():
-            projected = subspace_projections(noisy_cube, list(self.config.subspace_ranks))
-        h = self.conv_in(torch.stack([noisy_cube, decoded_cube, *projected], dim=1) * 2 - 1)
+            for rank in self.config.subspace_ranks:
+                estimate, outliers = robust_projection(noisy_cube, rank, threshold=self.config.outlier_threshold)
+                estimates.append(estimate)
+                if rank == self.config.base_rank:
+                    base_outliers = outliers
+        return estimates, base_outliers
+
+    def forward(self, noisy_cube: torch.Tensor, decoded_cube: torch.Tensor) -> torch.Tensor:
+        estimates, outliers = self.low_rank_estimates(noisy_cube)
+        base = estimates[list(self.config.subspace_ranks).index(self.config.base_rank)]
+        features = torch.stack([noisy_cube * 2 - 1, decoded_cube * 2 - 1, *(e * 2 - 1 for e in estimates),
+                                outliers.to(noisy_cube.dtype)], dim=1)
+        h = self.conv_in(features)
         for block in self.res_blocks:
             h = block(h)
-        return decoded_cube + self.conv_out(F.silu(self.norm_out(h)))[:, 0]
+        return base + self.conv_out(F.silu(self.norm_out(h)))[:, 0]

@@ -1,0 +1,96 @@
+"""Low-rank models of hyperspectral cubes, in torch and batched: the spectral prior that the
+hsi refiner builds on and that the classical baselines (earthsynth.generation.hsi.classical)
+call, so the network and the baseline it is compared with share one implementation.
+
+Spectra of a scene are mixtures of a few materials, so they lie near a low-dimensional
+subspace while noise spreads over every band. Plain PCA truncation has two weaknesses on
+real sensor noise: bands with strong noise pull the principal components as much as clean
+ones, and sparse errors (impulses, dead pixels, stripes) are large enough to tilt the
+subspace and survive the projection. `robust_projection` deals with both: it whitens each
+band by its own noise level (estimated from the data) and refits the subspace a few times,
+each time replacing the values that sit far from the current fit by the fit itself.
+"""
+
+from __future__ import annotations
+
+import torch
+
+MAD_TO_STD = 0.6745  # the median absolute deviation of a standard normal
+
+
+def spectral_noise_sigmas(cube: torch.Tensor) -> torch.Tensor:
+    """A robust estimate of each band's noise std: (N, B, H, W) -> (N, B) float64.
+
+    Each band is predicted from all the others by least squares over the pixels (the signal
+    is a mixture of a few spectra, so the other bands predict it; the noise of one band is
+    independent of the others', so they cannot), and the std of what is left is the median
+    absolute deviation over 0.6745 (sparse impulses and dead pixels hardly move a median).
+    It does not depend on the image's texture, unlike spatial differences. All B regressions
+    at once: with R the (B, B) Gram matrix of the centred spectra, band i's residuals are row
+    i of R^-1 X divided by (R^-1)_ii.
+    """
+    n, bands = cube.shape[:2]
+    if bands < 3:
+        raise ValueError(f"need at least 3 bands to estimate the noise of each from the others, got {bands}")
+    spectra = cube.reshape(n, bands, -1).double()
+    centred = spectra - spectra.mean(-1, keepdim=True)
+    gram = centred @ centred.transpose(1, 2)
+    ridge = 1e-9 * gram.diagonal(dim1=1, dim2=2).mean(-1).clamp_min(1e-30)[:, None, None]
+    inverse = torch.linalg.inv(gram + ridge * torch.eye(bands, dtype=gram.dtype, device=gram.device))
+    residuals = (inverse @ centred) / inverse.diagonal(dim1=1, dim2=2)[..., None]
+    centre = residuals.median(dim=-1, keepdim=True).values
+    return (residuals - centre).abs().median(dim=-1).values / MAD_TO_STD
+
+
+def median3x3(cube: torch.Tensor) -> torch.Tensor:
+    """(N, B, H, W) -> each band's 3x3 median (edges replicated)."""
+    n, bands, height, width = cube.shape
+    padded = torch.nn.functional.pad(cube.reshape(n * bands, 1, height, width), (1, 1, 1, 1), mode="replicate")
+    patches = torch.nn.functional.unfold(padded, 3)  # (N*B, 9, H*W)
+    return patches.median(dim=1).values.reshape(n, bands, height, width)
+
+
+def robust_projection(cube: torch.Tensor, rank: int, iterations: int = 10, threshold: float = 3.0,
+                      whiten: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, B, H, W) -> (low-rank estimate, outlier mask), both (N, B, H, W).
+
+    1. whiten (optional): divide each band by its estimated noise std (spectral_noise_sigmas),
+       so every band carries the same noise and a noisy band cannot steer the subspace;
+    2. `iterations` times: fit the mean spectrum and the `rank` leading principal components
+       to the working copy, then mark as outliers the values whose residual to that fit
+       exceeds `threshold` times the band's robust residual spread (MAD), and replace them
+       in the working copy by the fit (the original values are kept everywhere else);
+    3. return the last fit, un-whitened, and the last outlier mask.
+    A rank at or above the band count returns the cube and an empty mask.
+    """
+    if rank < 1 or iterations < 1:
+        raise ValueError(f"rank and iterations must be at least 1, got {rank} and {iterations}")
+    n, bands, height, width = cube.shape
+    if rank >= bands:
+        return cube.clone(), torch.zeros_like(cube, dtype=torch.bool)
+    spectra = cube.reshape(n, bands, -1).double()
+    scale = torch.ones(n, bands, 1, dtype=spectra.dtype, device=spectra.device)
+    if whiten:
+        sigmas = spectral_noise_sigmas(cube)
+        level = sigmas.median(dim=1, keepdim=True).values
+        # a noiseless band would get an infinite weight: floor at 1% of the typical level
+        floor = torch.maximum(level * 1e-2, torch.full_like(level, 1e-9))
+        scale = torch.maximum(sigmas, floor)[..., None]
+    observed = spectra / scale
+    # the first subspace comes from a 3x3 median of every band, which impulses and dead
+    # pixels do not reach; spatial filtering keeps spectra inside the span of the materials
+    subspace_source = median3x3(observed.reshape(n, bands, height, width)).reshape(n, bands, -1)
+    working = observed
+    for _ in range(iterations):
+        mean = subspace_source.mean(-1, keepdim=True)
+        centred = subspace_source - mean
+        _, vectors = torch.linalg.eigh(centred @ centred.transpose(1, 2))
+        basis = vectors[..., -rank:]
+        fit = basis @ (basis.transpose(1, 2) @ (working - mean)) + mean
+        residual = (observed - fit).abs()
+        spread = residual.median(dim=-1, keepdim=True).values / MAD_TO_STD
+        outliers = residual > threshold * spread.clamp_min(1e-12)
+        working = torch.where(outliers, fit, observed)
+        subspace_source = working
+    estimate = (fit * scale).reshape(n, bands, height, width).to(cube.dtype)
+    return estimate, outliers.reshape(n, bands, height, width)
