@@ -59,6 +59,13 @@ def run_tab(page, name: str, sample_image: Path) -> None:
         slider.press("Enter")
         page.click("#augment-run")
         page.wait_for_selector("#augment-accepted img", timeout=JOB_TIMEOUT_MS)
+    elif name == "Text to image" and page.locator("#t2i-generate").count():
+        page.click("#t2i-generate")
+        page.wait_for_selector("#t2i-output img", timeout=JOB_TIMEOUT_MS)
+    elif name == "Control" and page.locator("#control-generate").count():
+        page.set_input_files("#control-reference input[type=file]", str(sample_image))
+        page.click("#control-generate")
+        page.wait_for_selector("#control-output img", timeout=JOB_TIMEOUT_MS)
     page.wait_for_timeout(500)  # let the last outputs render
 
 
@@ -79,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     port = free_port()
     demo, ctx = launch_app("127.0.0.1", port, model_dir=args.model_dir, block=False)
     try:
-        # a 64 px crop of the held-out test image, for the super-resolution tab
+        # a 64 px crop of the held-out test image, for the super-resolution and control tabs
         sample_image = ctx.work_root / "osbs_crop.png"
         test_image = next(image for image in deepforest_images() if image.image_id == "OSBS_029")
         pixels = to_uint8_rgb(read_geotiff(test_image.path).data[:, 100:164, 100:164], stretch=False)
