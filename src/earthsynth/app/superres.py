@@ -19,8 +19,8 @@ INPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 PREVIEW_MAX = 1024  # larger outputs are shown shrunk (the download keeps every pixel)
 
 UNAVAILABLE = not_available(
-    "No ediffsr model is bundled yet (none trained so far is good enough to ship), so super-resolution "
-    "is not available yet: train one with `earthsynth train configs/ediffsr.yaml`.",
+    "No ediffsr model was found (the bundled one is missing from this install), so super-resolution "
+    "is not available: train one with `earthsynth train configs/ediffsr.yaml`.",
     "Then start the app with `earthsynth app --model-dir DIR`, where `DIR/ediffsr` is the exported "
     "pipeline (`runs/ediffsr/final`).")
 

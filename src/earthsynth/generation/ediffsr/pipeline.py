@@ -1,7 +1,7 @@
 """EDiffSRPipeline: low-resolution image (any band count) -> x2 or x4 image.
 
     pipe = EDiffSRPipeline.from_pretrained("src/earthsynth/assets/ediffsr")
-    high = pipe(low, num_inference_steps=10, generator=torch.Generator().manual_seed(0)).images
+    high = pipe(low, num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images
 
 `low` is (C, H, W) or (B, C, H, W) float in [0, 1] (a tensor or an array); the output is
 (B, C, sH, sW) in [0, 1] ("pt") or (B, sH, sW, C) ("np"). Large images are cut into tiles of
@@ -33,7 +33,7 @@ from earthsynth.generation.ediffsr.scheduler import MeanRevertingScheduler
 
 # the step count of the CLI, the app and __call__: the best validation PSNR of the bundled
 # model (benchmarks/ediffsr_quality.py; more steps add texture the model cannot place)
-DEFAULT_STEPS = 10
+DEFAULT_STEPS = 2
 
 
 @dataclass
