@@ -114,6 +114,26 @@ def parameters(module: torch.nn.Module) -> float:
     return sum(p.numel() for p in module.parameters()) / 1e6
 
 
+def time_variants(variants: dict, short: int, long: int, repeats: int) -> tuple[dict, dict]:
+    """variants: name -> (call(steps), ...). Warm every call up, then time each at `short` and
+    `long` steps, `repeats` times, interleaved so a drift in the machine's speed hits all of
+    them alike -> (seconds per step of each: the median long call minus the median short one
+    over the step difference, which cancels the fixed cost of a call; the raw times by
+    (name, steps))."""
+    for call, *_ in variants.values():  # warm-up: caches, allocator, oneDNN kernels
+        call(2)
+    times = {(name, steps): [] for name in variants for steps in (short, long)}
+    for _ in range(repeats):
+        for steps in (short, long):
+            for name, (call, *_) in variants.items():
+                start = time.perf_counter()
+                call(steps)
+                times[name, steps].append(time.perf_counter() - start)
+    per_step = {name: (statistics.median(times[name, long]) - statistics.median(times[name, short])) / (long - short)
+                for name in variants}
+    return per_step, times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/aerogen.yaml", help="model config when there is no bundled checkpoint")
@@ -152,15 +172,7 @@ def main() -> None:
         "AeroGenPipeline, + layout guidance": (lambda steps: run_aerogen(steps, LAYOUT_GUIDANCE), 3),
     }
     short, long = args.steps // 2, args.steps
-    for call, _ in variants.values():  # warm-up: caches, allocator, oneDNN kernels
-        call(2)
-    times = {(name, steps): [] for name in variants for steps in (short, long)}
-    for _ in range(args.repeats):
-        for steps in (short, long):
-            for name, (call, _) in variants.items():
-                start = time.perf_counter()
-                call(steps)
-                times[name, steps].append(time.perf_counter() - start)
+    per_step, times = time_variants(variants, short, long, args.repeats)
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, batch {args.batch}, "
           f"{args.size}x{args.size}, guidance {GUIDANCE}, calls of {short} and {long} steps, median of {args.repeats}")
@@ -169,8 +181,6 @@ def main() -> None:
     print()
     print("| pipeline | UNet passes | ms / step | ms / step / image | ratio to SD |")
     print("|---|---|---|---|---|")
-    per_step = {name: (statistics.median(times[name, long]) - statistics.median(times[name, short])) / (long - short)
-                for name in variants}
     reference = per_step["StableDiffusionPipeline (diffusers)"]
     for name, (_, passes) in variants.items():
         ms = per_step[name] * 1000

@@ -21,12 +21,10 @@ call because the maps do not change between steps). Calls are interleaved.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import numpy as np
 import torch
-from aerogen_speed import build_sd, parameters
+from aerogen_speed import build_sd, parameters, time_variants
 
 from earthsynth.config import load_config
 from earthsynth.data.control_tiles import ControlTiles
@@ -103,15 +101,7 @@ def main() -> None:
         "CRSDiffPipeline, 3 maps (canny, sketch, content)": (lambda s: run_crsdiff(s, ["canny", "sketch", "content"]), 2),
     }
     short, long = args.steps // 2, args.steps
-    for call, _ in variants.values():  # warm-up
-        call(2)
-    times = {(name, steps): [] for name in variants for steps in (short, long)}
-    for _ in range(args.repeats):
-        for steps in (short, long):
-            for name, (call, _) in variants.items():
-                start = time.perf_counter()
-                call(steps)
-                times[name, steps].append(time.perf_counter() - start)
+    per_step, _times = time_variants(variants, short, long, args.repeats)
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, batch {args.batch}, "
           f"{args.size}x{args.size}, guidance {GUIDANCE}, calls of {short} and {long} steps, median of {args.repeats}")
@@ -121,8 +111,6 @@ def main() -> None:
     print()
     print("| pipeline | UNet passes | ms / step | ratio to SD |")
     print("|---|---|---|---|")
-    per_step = {name: (statistics.median(times[name, long]) - statistics.median(times[name, short])) / (long - short)
-                for name in variants}
     reference = per_step["StableDiffusionPipeline (diffusers)"]
     for name, (_, passes) in variants.items():
         print(f"| {name} | {passes} | {per_step[name] * 1000:.1f} | {per_step[name] / reference:.2f} |")
