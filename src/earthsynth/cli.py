@@ -137,7 +137,8 @@ def cmd_denoise(args) -> int:
     from earthsynth.generation.hsi.denoise import denoise_file
 
     out = denoise_file(args.input, args.out, model_dir=args.model, steps=args.steps, strength=args.strength,
-                       tile=args.tile, seed=args.seed, key=args.key, layout=args.layout)
+                       tile=args.tile, seed=args.seed, key=args.key, layout=args.layout, method=args.method,
+                       rank=args.rank)
     print(f"denoised -> {out}")
     return 0
 
@@ -271,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = parsers["denoise"]
     p.add_argument("input", help="hyperspectral cube: ENVI (.hdr or data file), .mat, .npy or multi-band GeoTIFF")
     p.add_argument("--out", required=True, help="output file: .hdr/.img (ENVI), .mat, .npy or .tif")
+    p.add_argument("--method", choices=["model", "robust-pca"], default="model",
+                   help="the hsi model (default) or the classical robust low-rank fit its refiner starts from (no model)")
+    p.add_argument("--rank", type=int, default=4, help="robust-pca: subspace rank (default 4)")
     p.add_argument("--model", help="hsi pipeline folder (default: the bundled one)")
     p.add_argument("--steps", type=int, default=4, help="denoising steps (default 4)")
     p.add_argument("--strength", type=float, default=0.5,
