@@ -63,11 +63,18 @@ def robust_projection(cube: torch.Tensor, rank: int, iterations: int = 10, thres
     3. return the last fit, un-whitened, and the last outlier mask.
     A rank at or above the band count returns the cube and an empty mask.
     """
-    if rank < 1 or iterations < 1:
-        raise ValueError(f"rank and iterations must be at least 1, got {rank} and {iterations}")
+    return robust_projections(cube, [rank], iterations, threshold, whiten)[0]
+
+
+def robust_projections(cube: torch.Tensor, ranks: list[int], iterations: int = 10, threshold: float = 3.0,
+                       whiten: bool = True) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """robust_projection at each of `ranks`, sharing the work that does not depend on the
+    rank (the noise estimate and the median start) -> one (estimate, outlier mask) per rank."""
+    if min(ranks) < 1 or iterations < 1:
+        raise ValueError(f"rank and iterations must be at least 1, got {min(ranks)} and {iterations}")
     n, bands, height, width = cube.shape
-    if rank >= bands:
-        return cube.clone(), torch.zeros_like(cube, dtype=torch.bool)
+    if min(ranks) >= bands:  # nothing to fit (and too few bands to estimate the noise)
+        return [(cube.clone(), torch.zeros_like(cube, dtype=torch.bool)) for _ in ranks]
     spectra = cube.reshape(n, bands, -1).double()
     scale = torch.ones(n, bands, 1, dtype=spectra.dtype, device=spectra.device)
     if whiten:
@@ -79,18 +86,24 @@ def robust_projection(cube: torch.Tensor, rank: int, iterations: int = 10, thres
     observed = spectra / scale
     # the first subspace comes from a 3x3 median of every band, which impulses and dead
     # pixels do not reach; spatial filtering keeps spectra inside the span of the materials
-    subspace_source = median3x3(observed.reshape(n, bands, height, width)).reshape(n, bands, -1)
-    working = observed
-    for _ in range(iterations):
-        mean = subspace_source.mean(-1, keepdim=True)
-        centred = subspace_source - mean
-        _, vectors = torch.linalg.eigh(centred @ centred.transpose(1, 2))
-        basis = vectors[..., -rank:]
-        fit = basis @ (basis.transpose(1, 2) @ (working - mean)) + mean
-        residual = (observed - fit).abs()
-        spread = residual.median(dim=-1, keepdim=True).values / MAD_TO_STD
-        outliers = residual > threshold * spread.clamp_min(1e-12)
-        working = torch.where(outliers, fit, observed)
-        subspace_source = working
-    estimate = (fit * scale).reshape(n, bands, height, width).to(cube.dtype)
-    return estimate, outliers.reshape(n, bands, height, width)
+    median_start = median3x3(observed.reshape(n, bands, height, width)).reshape(n, bands, -1)
+    results = []
+    for rank in ranks:
+        if rank >= bands:
+            results.append((cube.clone(), torch.zeros_like(cube, dtype=torch.bool)))
+            continue
+        subspace_source, working = median_start, observed
+        for _ in range(iterations):
+            mean = subspace_source.mean(-1, keepdim=True)
+            centred = subspace_source - mean
+            _, vectors = torch.linalg.eigh(centred @ centred.transpose(1, 2))
+            basis = vectors[..., -rank:]
+            fit = basis @ (basis.transpose(1, 2) @ (working - mean)) + mean
+            residual = (observed - fit).abs()
+            spread = residual.median(dim=-1, keepdim=True).values / MAD_TO_STD
+            outliers = residual > threshold * spread.clamp_min(1e-12)
+            working = torch.where(outliers, fit, observed)
+            subspace_source = working
+        estimate = (fit * scale).reshape(n, bands, height, width).to(cube.dtype)
+        results.append((estimate, outliers.reshape(n, bands, height, width)))
+    return results

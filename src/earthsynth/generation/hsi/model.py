@@ -25,7 +25,7 @@ from diffusers.configuration_utils import register_to_config
 from torch import nn
 
 from earthsynth.generation.common import timestep_embedding
-from earthsynth.generation.hsi.lowrank import robust_projection
+from earthsynth.generation.hsi.lowrank import robust_projections
 
 MULTIPLE = 4  # every axis is padded to a multiple of this (latent /2, denoiser /2 again)
 
@@ -196,21 +196,12 @@ class HSIRefiner(ModelMixin, ConfigMixin):
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
-    def low_rank_estimates(self, noisy_cube: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """The robust estimate at every rank of the config, and the base rank's outlier mask."""
-        estimates, base_outliers = [], None
-        with torch.no_grad():
-            for rank in self.config.subspace_ranks:
-                estimate, outliers = robust_projection(noisy_cube, rank, threshold=self.config.outlier_threshold)
-                estimates.append(estimate)
-                if rank == self.config.base_rank:
-                    base_outliers = outliers
-        return estimates, base_outliers
-
     def forward(self, noisy_cube: torch.Tensor, decoded_cube: torch.Tensor) -> torch.Tensor:
-        estimates, outliers = self.low_rank_estimates(noisy_cube)
-        base = estimates[list(self.config.subspace_ranks).index(self.config.base_rank)]
-        features = torch.stack([noisy_cube * 2 - 1, decoded_cube * 2 - 1, *(e * 2 - 1 for e in estimates),
+        with torch.no_grad():
+            fits = robust_projections(noisy_cube, list(self.config.subspace_ranks),
+                                      threshold=self.config.outlier_threshold)
+        base, outliers = fits[list(self.config.subspace_ranks).index(self.config.base_rank)]
+        features = torch.stack([noisy_cube * 2 - 1, decoded_cube * 2 - 1, *(e * 2 - 1 for e, _ in fits),
                                 outliers.to(noisy_cube.dtype)], dim=1)
         h = self.conv_in(features)
         for block in self.res_blocks:
