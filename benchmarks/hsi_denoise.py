@@ -1,7 +1,7 @@
 """Hyperspectral denoising on held-out cubes: the hsi pipeline against classical denoisers,
 side by side, per noise kind, plus band counts the model never trained on.
 
-    .venv/bin/python benchmarks/hsi_denoise.py [--model DIR] [--cubes 4] [--bm4d] [--kinds mixture] [--json PATH]
+    .venv/bin/python benchmarks/hsi_denoise.py [--model DIR] [--cubes 4] [--bm4d] [--bm3d] [--kinds mixture] [--json PATH]
 
 Cubes: earthsynth.data.hsi_scenes synthetic cubes (earthlib spectra under abundance maps of
 real NEON scenes; no real hyperspectral cube can be had offline), 64 x 64 pixels, resampled
@@ -87,12 +87,14 @@ def main() -> None:
     parser.add_argument("--kinds", default=",".join(KINDS), help="noise kinds scored at --bands")
     parser.add_argument("--other-bands", default="31,103,224", help="band counts scored on the mixture")
     parser.add_argument("--bm4d", action="store_true", help="add BM4D (pip install bm4d; slow)")
+    parser.add_argument("--bm3d", action="store_true", help="add subspace-bm3d, FastHyDe-style (pip install bm3d)")
     parser.add_argument("--json", default="benchmarks/results/hsi_denoise.json")
     args = parser.parse_args()
 
     pipe = HSIDenoisePipeline.from_pretrained(args.model or bundled_checkpoint("hsi"))
     pipe.set_progress_bar_config(disable=True)
-    methods = ["gaussian", "median", "pca", "median+pca", "robust-pca"] + (["bm4d"] if args.bm4d else [])
+    methods = ["gaussian", "median", "pca", "median+pca", "robust-pca"] + (["bm4d"] if args.bm4d else []) + (
+        ["subspace-bm3d"] if args.bm3d else [])
     results = {"cubes": args.cubes, "size": args.size, "bands": args.bands, "kinds": {}, "other_bands": {}}
     voxels = args.cubes * args.size * args.size
 

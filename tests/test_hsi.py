@@ -31,7 +31,7 @@ from earthsynth.generation.hsi import (
     LatentDenoiser3D,
 )
 from earthsynth.generation.hsi.classical import pca_truncation
-from earthsynth.generation.hsi.lowrank import robust_projection, spectral_noise_sigmas
+from earthsynth.generation.hsi.lowrank import robust_fits, robust_projection, spectral_noise_sigmas
 from earthsynth.generation.hsi.model import pad_cube
 from earthsynth.generation.hsi.pipeline import normalisation, to_dtype
 from earthsynth.training.loop import train
@@ -154,6 +154,19 @@ def test_robust_projection_at_full_rank_and_bad_arguments():
         robust_projection(cube, 0)
     with pytest.raises(ValueError, match="3 bands"):
         spectral_noise_sigmas(torch.rand(1, 2, 6, 6))
+
+
+def test_robust_fit_eigenimages_rebuild_the_estimate_and_project_the_clean_cube():
+    cube, noisy, _ = low_rank_cube_with_sensor_noise()
+    fit = robust_fits(noisy[None], [3])[0]
+    estimate, outliers = robust_projection(noisy[None], 3)
+    assert fit.basis.shape == (1, 24, 3) and fit.coefficients.shape == (1, 3, *noisy.shape[-2:])
+    assert torch.equal(fit.estimate().to(noisy.dtype), estimate) and torch.equal(fit.outliers, outliers)
+    # the clean rank-3 cube lies close to the fitted subspace: its eigen-images rebuild it
+    # better than the noisy ones do (the error left is noise inside the subspace)
+    error = lambda x: float(((x - cube) ** 2).mean())  # noqa: E731
+    assert error(fit.estimate(fit.project(cube[None]))) < error(estimate) / 5
+    assert robust_fits(noisy[None], [24, 2])[0] is None
 
 
 def test_spectral_noise_sigmas_finds_each_bands_noise():

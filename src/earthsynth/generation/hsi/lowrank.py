@@ -13,6 +13,8 @@ each time replacing the values that sit far from the current fit by the fit itse
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 MAD_TO_STD = 0.6745  # the median absolute deviation of a standard normal
@@ -66,15 +68,50 @@ def robust_projection(cube: torch.Tensor, rank: int, iterations: int = 10, thres
     return robust_projections(cube, [rank], iterations, threshold, whiten)[0]
 
 
+@dataclass
+class RobustFit:
+    """A robust low-rank fit of (N, B, H, W) cubes, in the whitened space it was fitted in:
+    whitened spectra are cube / scale, and the fit is basis @ coefficients + mean there."""
+
+    basis: torch.Tensor  # (N, B, rank) orthonormal columns, leading component last
+    coefficients: torch.Tensor  # (N, rank, H, W) the eigen-images: the working copy projected on basis
+    mean: torch.Tensor  # (N, B, 1) whitened mean spectrum
+    scale: torch.Tensor  # (N, B, 1) each band's noise std (ones without whitening)
+    outliers: torch.Tensor  # (N, B, H, W) bool, where values were replaced by the fit
+
+    def estimate(self, coefficients: torch.Tensor | None = None) -> torch.Tensor:
+        """The fit (or the fit with other eigen-images) on the cube's scale: (N, B, H, W) float64."""
+        coefficients = self.coefficients if coefficients is None else coefficients
+        n, rank, height, width = coefficients.shape
+        whitened = self.basis @ coefficients.reshape(n, rank, -1).to(self.basis.dtype) + self.mean
+        return (whitened * self.scale).reshape(n, -1, height, width)
+
+    def project(self, cube: torch.Tensor) -> torch.Tensor:
+        """Another (N, B, H, W) cube (the clean one, in training) -> its eigen-images (N, rank, H, W)."""
+        n, bands, height, width = cube.shape
+        whitened = cube.reshape(n, bands, -1).to(self.basis.dtype) / self.scale - self.mean
+        return (self.basis.transpose(1, 2) @ whitened).reshape(n, -1, height, width)
+
+
 def robust_projections(cube: torch.Tensor, ranks: list[int], iterations: int = 10, threshold: float = 3.0,
                        whiten: bool = True) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """robust_projection at each of `ranks`, sharing the work that does not depend on the
-    rank (the noise estimate and the median start) -> one (estimate, outlier mask) per rank."""
+    rank (the noise estimate and the median start) -> one (estimate, outlier mask) per rank.
+    A rank at or above the band count returns the cube and an empty mask."""
+    return [(cube.clone(), torch.zeros_like(cube, dtype=torch.bool)) if fit is None
+            else (fit.estimate().to(cube.dtype), fit.outliers)
+            for fit in robust_fits(cube, ranks, iterations, threshold, whiten)]
+
+
+def robust_fits(cube: torch.Tensor, ranks: list[int], iterations: int = 10, threshold: float = 3.0,
+                whiten: bool = True) -> list[RobustFit | None]:
+    """The robust fit (see robust_projection) at each of `ranks`; None for a rank at or above
+    the band count (nothing to fit)."""
     if min(ranks) < 1 or iterations < 1:
         raise ValueError(f"rank and iterations must be at least 1, got {min(ranks)} and {iterations}")
     n, bands, height, width = cube.shape
     if min(ranks) >= bands:  # nothing to fit (and too few bands to estimate the noise)
-        return [(cube.clone(), torch.zeros_like(cube, dtype=torch.bool)) for _ in ranks]
+        return [None for _ in ranks]
     spectra = cube.reshape(n, bands, -1).double()
     scale = torch.ones(n, bands, 1, dtype=spectra.dtype, device=spectra.device)
     if whiten:
@@ -90,7 +127,7 @@ def robust_projections(cube: torch.Tensor, ranks: list[int], iterations: int = 1
     results = []
     for rank in ranks:
         if rank >= bands:
-            results.append((cube.clone(), torch.zeros_like(cube, dtype=torch.bool)))
+            results.append(None)
             continue
         subspace_source, working = median_start, observed
         for _ in range(iterations):
@@ -98,12 +135,13 @@ def robust_projections(cube: torch.Tensor, ranks: list[int], iterations: int = 1
             centred = subspace_source - mean
             _, vectors = torch.linalg.eigh(centred @ centred.transpose(1, 2))
             basis = vectors[..., -rank:]
-            fit = basis @ (basis.transpose(1, 2) @ (working - mean)) + mean
+            coefficients = basis.transpose(1, 2) @ (working - mean)
+            fit = basis @ coefficients + mean
             residual = (observed - fit).abs()
             spread = residual.median(dim=-1, keepdim=True).values / MAD_TO_STD
             outliers = residual > threshold * spread.clamp_min(1e-12)
             working = torch.where(outliers, fit, observed)
             subspace_source = working
-        estimate = (fit * scale).reshape(n, bands, height, width).to(cube.dtype)
-        results.append((estimate, outliers.reshape(n, bands, height, width)))
+        results.append(RobustFit(basis, coefficients.reshape(n, rank, height, width), mean, scale,
+                                 outliers.reshape(n, bands, height, width)))
     return results
