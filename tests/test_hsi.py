@@ -29,10 +29,11 @@ from earthsynth.generation.hsi import (
     HSIDenoisePipeline,
     HSIRefiner,
     LatentDenoiser3D,
+    eigenimage_loss,
 )
 from earthsynth.generation.hsi.classical import pca_truncation
 from earthsynth.generation.hsi.lowrank import robust_fits, robust_projection, spectral_noise_sigmas
-from earthsynth.generation.hsi.model import pad_cube
+from earthsynth.generation.hsi.model import EigenimageDenoiser, pad_cube
 from earthsynth.generation.hsi.pipeline import normalisation, to_dtype
 from earthsynth.training.loop import train
 from tests_support import assert_input_error
@@ -186,6 +187,38 @@ def test_refiner_starts_as_the_robust_estimate_and_checks_its_base_rank():
     assert torch.allclose(refiner(noisy[None], torch.zeros_like(noisy[None])), expected)
     with pytest.raises(ValueError, match="base_rank"):
         HSIRefiner(subspace_ranks=(4, 8), base_rank=6)
+
+
+def test_refiner_with_eigenimage_denoiser_starts_as_the_fit_at_its_rank():
+    _cube, noisy, _impulses = low_rank_cube_with_sensor_noise()
+    refiner = HSIRefiner(channels=4, blocks=1, subspace_ranks=(2, 3), base_rank=3, eigenimage_rank=5,
+                         eigenimage_channels=8)
+    expected, _ = robust_projection(noisy[None], 5)
+    odd = noisy[None, :, :23, :21]  # odd sizes go through the denoiser's one downsampling
+    output = refiner.refine(odd, torch.zeros_like(odd))
+    assert output.eigenimages.shape == (1, 5, 23, 21)
+    assert torch.allclose(output.cube, robust_projection(odd, 5)[0], atol=1e-6)
+    assert torch.allclose(refiner(noisy[None], torch.zeros_like(noisy[None])), expected, atol=1e-6)
+    # too few bands for a rank-5 fit: the base-rank estimate is the start
+    few = noisy[None, :4]
+    output = refiner.refine(few, torch.zeros_like(few))
+    assert output.fit is None and torch.allclose(output.cube, robust_projection(few, 3)[0])
+
+
+def test_eigenimage_denoiser_learns_from_the_eigenimage_loss():
+    torch.manual_seed(0)
+    denoiser = EigenimageDenoiser(channels=8)
+    cube, noisy, _ = low_rank_cube_with_sensor_noise(impulse_fraction=0.0)
+    fit = robust_fits(noisy[None], [3])[0]
+    eigenimages, fraction = fit.coefficients.float(), fit.outliers.float().mean(1)
+    optimiser = torch.optim.Adam(denoiser.parameters(), lr=3e-3)
+    before = float(eigenimage_loss(fit, denoiser(eigenimages, fraction), cube[None]))
+    for _ in range(40):
+        loss = eigenimage_loss(fit, denoiser(eigenimages, fraction), cube[None])
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    assert float(loss) < before - 0.5  # the log band error: 2 dB and more
 
 
 def test_normalisation_maps_to_unit_range_and_keeps_zero():

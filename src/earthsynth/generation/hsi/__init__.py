@@ -58,6 +58,9 @@ class HSIModelConfig:
     subspace_ranks: list[int] = field(default_factory=lambda: [3, 4, 6])  # the refiner's low-rank estimates
     base_rank: int = 4  # the estimate the refiner corrects (one of subspace_ranks)
     outlier_threshold: float = 3.0  # robust deviations beyond which a value is an outlier
+    eigenimage_rank: int = 0  # > 0: the refiner starts from this rank's fit with denoised eigen-images
+    eigenimage_channels: int = 32  # width of the refiner's eigen-image denoiser
+    eigenimage_loss_weight: float = 1.0  # log band error of the cube rebuilt from the denoised eigen-images
     train_bands: list[int] = field(default_factory=lambda: [31, 64])  # one drawn per batch
     # stage 2/3
     autoencoder: str = ""  # folder of the stage-1 export (its autoencoder/ subfolder or itself)
@@ -181,7 +184,8 @@ def build(config) -> dict:
                                     blocks_per_level=mc.denoiser_blocks)
         refiner = HSIRefiner(channels=mc.refiner_channels, blocks=mc.refiner_blocks,
                              subspace_ranks=tuple(mc.subspace_ranks), base_rank=mc.base_rank,
-                             outlier_threshold=mc.outlier_threshold)
+                             outlier_threshold=mc.outlier_threshold, eigenimage_rank=mc.eigenimage_rank,
+                             eigenimage_channels=mc.eigenimage_channels)
     autoencoder.requires_grad_(False).eval()
     scheduler = DDPMScheduler(num_train_timesteps=mc.diffusion_steps, beta_schedule="squaredcos_cap_v2",
                               prediction_type="sample", clip_sample=False)
@@ -218,8 +222,23 @@ def loss(components: dict, batch: dict) -> torch.Tensor:
     total = F.mse_loss(predicted, clean_latent)
     # the pixel loss reaches the denoiser through the frozen decoder and trains the refiner
     decoded = autoencoder.decode(predicted, tuple(clean.shape[-3:]))
-    refined = components["refiner"](noisy, decoded)
-    return total + mc.pixel_loss_weight * F.l1_loss(refined, clean)
+    refined = components["refiner"].refine(noisy, decoded)
+    total = total + mc.pixel_loss_weight * F.l1_loss(refined.cube, clean)
+    if refined.fit is not None and mc.eigenimage_loss_weight > 0:
+        total = total + mc.eigenimage_loss_weight * eigenimage_loss(refined.fit, refined.eigenimages, clean)
+    return total
+
+
+def eigenimage_loss(fit, eigenimages: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+    """The mean over cubes and bands of the log of each band's squared error in the whitened
+    space, where the denoised eigen-images rebuild the cube (the clean cube's own eigen-images
+    are the target). Whitening divides a band's error by its noise std, so the log error
+    differs from the band's log error on the cube's own scale by a constant: this is band
+    PSNR, the benchmark's metric, up to sign and scale. Errors are compared in the cube's
+    bands, not per eigen-image, because structured noise (a stripe in one band) spreads over
+    every eigen-image and only cancels where they are summed back."""
+    error = fit.basis.to(eigenimages.dtype) @ (eigenimages - fit.project(clean).to(eigenimages.dtype)).flatten(2)
+    return torch.log(error.pow(2).mean(-1) + 1e-4).mean()
 
 
 def make_pipeline(components: dict) -> HSIDenoisePipeline:

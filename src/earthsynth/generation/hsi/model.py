@@ -12,11 +12,15 @@ A small autoencoder cannot reconstruct fine spatial texture (the stage-1 model r
 for light noise. So a full-resolution refiner produces the output: it starts from a robust
 low-rank estimate of the noisy cube (spectra of a scene are mixtures of a few materials, so
 they lie near a low-dimensional subspace while noise spreads over every band; see
-earthsynth.generation.hsi.lowrank) and learns a correction from the noisy cube, the decoded
-one, the estimates at a few ranks and where outliers were found.
+earthsynth.generation.hsi.lowrank), optionally with that estimate's eigen-images denoised by
+a 2D network (the noise left inside the subspace is most of the estimate's error), and
+learns a correction from the noisy cube, the decoded one, the estimates at a few ranks and
+where outliers were found.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +29,7 @@ from diffusers.configuration_utils import register_to_config
 from torch import nn
 
 from earthsynth.generation.common import timestep_embedding
-from earthsynth.generation.hsi.lowrank import robust_projections
+from earthsynth.generation.hsi.lowrank import RobustFit, robust_fits
 
 MULTIPLE = 4  # every axis is padded to a multiple of this (latent /2, denoiser /2 again)
 
@@ -169,41 +173,135 @@ class LatentDenoiser3D(ModelMixin, ConfigMixin):
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
+class ResBlock2d(nn.Module):
+    """GroupNorm-SiLU-Conv2d twice with a skip."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.norm1 = group_norm(channels)
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.norm2 = group_norm(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(F.silu(self.norm2(self.conv1(F.silu(self.norm1(x))))))
+
+
+class EigenimageDenoiser(nn.Module):
+    """A two-level 2D U-Net that denoises the eigen-images of a robust low-rank fit.
+
+    In the noise-whitened space of earthsynth.generation.hsi.lowrank every eigen-image (the
+    cube's coordinate along one basis vector) carries noise of std about 1, while its signal
+    is a real scene's spatial pattern; most of what a low-rank fit leaves is that noise. Each
+    eigen-image is denoised on its own with the same weights, so any rank works, from five
+    inputs: itself divided by its std (the pattern), its 3x3 detail in noise units (where the
+    noise shows, whatever the component's strength), the leading eigen-image divided by its
+    std (the sharpest view of the scene's edges), the noise level relative to it (1 / std)
+    and the fraction of bands flagged as outliers at each pixel. The correction it adds is in
+    noise units too, and its last convolution starts at zero, so an untrained denoiser
+    returns the eigen-images unchanged.
+    """
+
+    INPUTS = 5
+
+    def __init__(self, channels: int = 32):
+        super().__init__()
+        self.conv_in = nn.Conv2d(self.INPUTS, channels, 3, padding=1)
+        self.encoder = nn.Sequential(ResBlock2d(channels), ResBlock2d(channels))
+        self.down = nn.Conv2d(channels, 2 * channels, 2, stride=2)
+        self.middle = nn.Sequential(*(ResBlock2d(2 * channels) for _ in range(3)))
+        self.up = nn.ConvTranspose2d(2 * channels, channels, 2, stride=2)
+        self.merge = nn.Conv2d(2 * channels, channels, 1)
+        self.decoder = nn.Sequential(ResBlock2d(channels), ResBlock2d(channels))
+        self.conv_out = nn.Conv2d(channels, 1, 3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+
+    def forward(self, eigenimages: torch.Tensor, outlier_fraction: torch.Tensor) -> torch.Tensor:
+        """(N, rank, H, W) eigen-images (leading last, as RobustFit holds them) and (N, H, W)
+        outlier fraction -> denoised eigen-images (N, rank, H, W)."""
+        n, rank, height, width = eigenimages.shape
+        std = eigenimages.flatten(2).std(-1).clamp_min(1e-6)[..., None, None]
+        normalised = eigenimages / std
+        local_mean = F.avg_pool2d(F.pad(eigenimages, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+        detail = (eigenimages - local_mean).clamp(-10, 10) / 3
+        inputs = torch.stack([normalised, detail, normalised[:, -1:].expand(-1, rank, -1, -1),
+                              (1 / std).expand(-1, -1, height, width),
+                              outlier_fraction[:, None].expand(-1, rank, -1, -1)], dim=2)
+        # odd sizes: pad to even for the one downsampling, crop after
+        inputs = F.pad(inputs.reshape(n * rank, self.INPUTS, height, width), (0, width % 2, 0, height % 2),
+                       mode="replicate")
+        h = self.encoder(self.conv_in(inputs))
+        skip = h
+        h = self.middle(self.down(h))
+        h = self.decoder(self.merge(torch.cat([self.up(h), skip], dim=1)))
+        correction = self.conv_out(F.silu(h))[:, 0, :height, :width].reshape(n, rank, height, width)
+        return eigenimages + correction
+
+
+@dataclass
+class RefinerOutput:
+    cube: torch.Tensor  # (N, B, H, W) the refined cube
+    fit: RobustFit | None  # the fit whose eigen-images were denoised (None: no eigen-image denoiser)
+    eigenimages: torch.Tensor | None  # (N, rank, H, W) the denoised eigen-images
+
+
 class HSIRefiner(ModelMixin, ConfigMixin):
-    """(noisy cube, decoded cube) -> a robust low-rank estimate of the noisy cube + a learned
+    """(noisy cube, decoded cube) -> a low-rank estimate of the noisy cube + a learned
     correction, at full resolution.
 
-    The network reads the noisy cube, the latent model's decoded cube, the noisy cube's
-    robust low-rank estimates (earthsynth.generation.hsi.lowrank.robust_projection: noise
-    whitened, outliers rejected) at each of `subspace_ranks` (how many components hold the
-    signal depends on the scene: the network weighs the candidates) and the outlier mask of
-    the `base_rank` estimate, which is where impulses, dead pixels and stripes were found.
-    It adds its correction to the `base_rank` estimate and starts as the identity on it (the
-    last convolution is zero), so training begins from the classical answer and can only
-    learn what it leaves.
+    The estimate it starts from: the robust low-rank fit of the noisy cube at `base_rank`
+    (earthsynth.generation.hsi.lowrank: noise whitened, outliers rejected), or, with
+    `eigenimage_rank` > 0, the fit at that rank rebuilt from eigen-images denoised by an
+    EigenimageDenoiser (a low-rank fit removes the noise outside the subspace; the denoiser
+    removes what is left inside it, which is most of its error).
+    The correction network reads the noisy cube, the latent model's decoded cube, the robust
+    estimates at each of `subspace_ranks` (how many components hold the signal depends on the
+    scene), the starting estimate and the outlier mask of the `base_rank` fit (where impulses,
+    dead pixels and stripes were found). Its last convolution starts at zero, so training
+    begins from the starting estimate and can only learn what it leaves.
     """
 
     @register_to_config
     def __init__(self, channels: int = 16, blocks: int = 2, subspace_ranks: tuple[int, ...] = (3, 4, 6),
-                 base_rank: int = 4, outlier_threshold: float = 3.0):
+                 base_rank: int = 4, outlier_threshold: float = 3.0, eigenimage_rank: int = 0,
+                 eigenimage_channels: int = 32):
         super().__init__()
         if base_rank not in subspace_ranks:
             raise ValueError(f"base_rank {base_rank} must be one of subspace_ranks {tuple(subspace_ranks)}")
-        self.conv_in = nn.Conv3d(3 + len(subspace_ranks), channels, 3, padding=1)
+        self.eigenimages = EigenimageDenoiser(eigenimage_channels) if eigenimage_rank > 0 else None
+        inputs = 3 + len(subspace_ranks) + (1 if self.eigenimages is not None else 0)
+        self.conv_in = nn.Conv3d(inputs, channels, 3, padding=1)
         self.res_blocks = nn.ModuleList(ResBlock3d(channels) for _ in range(blocks))
         self.norm_out = group_norm(channels)
         self.conv_out = nn.Conv3d(channels, 1, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
-    def forward(self, noisy_cube: torch.Tensor, decoded_cube: torch.Tensor) -> torch.Tensor:
+    def refine(self, noisy_cube: torch.Tensor, decoded_cube: torch.Tensor) -> RefinerOutput:
+        ranks = list(self.config.subspace_ranks)
+        eigen_rank = self.config.eigenimage_rank
+        fit_ranks = ranks + ([eigen_rank] if eigen_rank > 0 and eigen_rank not in ranks else [])
         with torch.no_grad():
-            fits = robust_projections(noisy_cube, list(self.config.subspace_ranks),
-                                      threshold=self.config.outlier_threshold)
-        base, outliers = fits[list(self.config.subspace_ranks).index(self.config.base_rank)]
-        features = torch.stack([noisy_cube * 2 - 1, decoded_cube * 2 - 1, *(e * 2 - 1 for e, _ in fits),
-                                outliers.to(noisy_cube.dtype)], dim=1)
-        h = self.conv_in(features)
+            fits = robust_fits(noisy_cube, fit_ranks, threshold=self.config.outlier_threshold)
+        estimates = [noisy_cube if fit is None else fit.estimate().to(noisy_cube.dtype) for fit in fits[:len(ranks)]]
+        base_fit = fits[ranks.index(self.config.base_rank)]
+        outliers = (torch.zeros_like(noisy_cube) if base_fit is None else base_fit.outliers.to(noisy_cube.dtype))
+        start = estimates[ranks.index(self.config.base_rank)]
+        features = [noisy_cube, decoded_cube, *estimates]
+        eigen_fit = fits[fit_ranks.index(eigen_rank)] if eigen_rank > 0 else None
+        eigenimages = None
+        if eigen_fit is not None:
+            outlier_fraction = eigen_fit.outliers.to(noisy_cube.dtype).mean(1)
+            eigenimages = self.eigenimages(eigen_fit.coefficients.to(noisy_cube.dtype), outlier_fraction)
+            start = eigen_fit.estimate(eigenimages).to(noisy_cube.dtype)
+        if self.eigenimages is not None:
+            features.append(start)  # (the base_rank estimate when there are too few bands for the rank)
+        h = self.conv_in(torch.stack([x * 2 - 1 for x in features] + [outliers], dim=1))
         for block in self.res_blocks:
             h = block(h)
-        return base + self.conv_out(F.silu(self.norm_out(h)))[:, 0]
+        cube = start + self.conv_out(F.silu(self.norm_out(h)))[:, 0]
+        return RefinerOutput(cube=cube, fit=eigen_fit, eigenimages=eigenimages)
+
+    def forward(self, noisy_cube: torch.Tensor, decoded_cube: torch.Tensor) -> torch.Tensor:
+        return self.refine(noisy_cube, decoded_cube).cube
