@@ -9,9 +9,9 @@ transform, nodata, tags and band names; ENVI output keeps the wavelengths and ba
 Everything is checked before the model loads, and the output is written atomically.
 
 method "robust-pca" skips the model: the classical robust low-rank fit the model's refiner
-starts from (earthsynth.generation.hsi.lowrank.robust_projection), over the same spatial tiles.
-On the synthetic benchmark cubes it scores as well as the model or better, about ten times
-faster (see the README); the model is the default because it is the project's denoiser.
+builds on (earthsynth.generation.hsi.lowrank.robust_projection), over the same spatial tiles.
+On the synthetic benchmark cubes it is about ten times faster and a little below the model on
+the mixture (see the README).
 """
 
 from __future__ import annotations
