@@ -238,6 +238,7 @@ def eigenimage_loss(fit, eigenimages: torch.Tensor, clean: torch.Tensor) -> torc
     bands, not per eigen-image, because structured noise (a stripe in one band) spreads over
     every eigen-image and only cancels where they are summed back."""
     error = fit.basis.to(eigenimages.dtype) @ (eigenimages - fit.project(clean).to(eigenimages.dtype)).flatten(2)
+    # the floor keeps a band already fitted exactly from pulling the log (and its gradient) to infinity
     return torch.log(error.pow(2).mean(-1) + 1e-4).mean()
 
 
