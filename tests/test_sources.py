@@ -9,6 +9,7 @@ from earthsynth.data.sources import (
     DEEPFOREST_SPLIT,
     deepforest_dir,
     deepforest_images,
+    deepforest_unlabelled_val,
     raster_sources,
     stars_dir,
 )
@@ -39,6 +40,16 @@ def test_held_out_image_never_in_train_tiles():
     assert {t.source.image_id for t in train.tiles} == {"2019_YELL_2_528000_4978000_image_crop2",
                                                          "2019_YELL_2_541000_4977000_image_crop"}
     assert {t.source.image_id for t in test.tiles} == {"OSBS_029"}
+
+
+def test_unlabelled_soap_image_is_validation_only():
+    image = deepforest_unlabelled_val()
+    assert (image.image_id, image.split, image.gsd, image.boxes) == ("SOAP_031", "val", 0.1, None)
+    assert (image.header.width, image.header.height, image.header.bands) == (400, 400, 3)
+    # a validation image for label-free judges: no split's tiles draw on it
+    tiles = [RealTiles(split, tile_size=128).tiles for split in ("train", "val", "test")]
+    assert all(t.source.image_id != "SOAP_031" for split_tiles in tiles for t in split_tiles)
+    assert len(cut_tiles(image, 64, factor=4, overlap=48)) == 16  # 100 px at 0.4 m: starts 0, 12, 24, 36
 
 
 def test_tile_windows_cover_the_image():

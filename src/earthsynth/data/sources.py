@@ -29,6 +29,9 @@ DEEPFOREST_SPLIT = {
     "SOAP_061": "val",
     "OSBS_029": "test",
 }
+# SOAP_031 ships without boxes; it serves as validation where no labels are needed (GSD
+# judges), a second image of the validation site. Nothing trains on it.
+DEEPFOREST_UNLABELLED_VAL = "SOAP_031"
 DEEPFOREST_GSD = 0.1  # NEON AOP RGB orthophotos, metres per pixel
 NEON_SITES = {"YELL": "Yellowstone National Park", "SOAP": "Soaproot Saddle, Sierra Nevada", "OSBS": "Ordway-Swisher Biological Station, Florida"}
 
@@ -106,6 +109,16 @@ def deepforest_images() -> list[SourceImage]:
             annotation_path=xml, boxes=boxes, crs=header.crs, header=header,
         ))
     return images
+
+
+def deepforest_unlabelled_val() -> SourceImage:
+    """SOAP_031: a deepforest image without boxes, split "val"."""
+    path = deepforest_dir() / f"{DEEPFOREST_UNLABELLED_VAL}.png"
+    header = read_header(path)
+    return SourceImage(
+        image_id=DEEPFOREST_UNLABELLED_VAL, source="deepforest", path=path, split="val", gsd=DEEPFOREST_GSD,
+        description=f"NEON airborne RGB orthophoto, {NEON_SITES['SOAP']}", crs=header.crs, header=header,
+    )
 
 
 def raster_sources() -> list[SourceImage]:
