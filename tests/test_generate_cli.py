@@ -250,8 +250,10 @@ def test_bundled_models_generate(family, extra, tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     pixels = np.asarray(Image.open(out)).astype(np.float32)
     assert pixels.shape == (64, 64, 3)
-    # white noise has neighbouring pixels as different as any two; an image has them alike
+    # white noise has neighbouring pixels as different as any two (ratio 1); an image has them
+    # more alike. Real YELL 0.2 m tiles: ratio median 0.43, 90th percentile 0.80, max 0.86
+    # (grass and shrubland are busy), so the bar sits between those and noise.
     neighbour = np.abs(np.diff(pixels, axis=1)).mean()
     shuffled = np.abs(np.diff(np.random.default_rng(0).permutation(pixels.reshape(-1, 3)).reshape(64, 64, 3),
                               axis=1)).mean()
-    assert neighbour < 0.7 * shuffled
+    assert neighbour < 0.9 * shuffled
