@@ -83,24 +83,23 @@ def dihedral(images: torch.Tensor) -> torch.Tensor:
     return torch.where(flip[:, None, None, None], images.flip(-1), images)
 
 
-def balanced_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
-    """Mean over classes of the share of that class named right (the held-out images give
-    16 times more 0.1 m tiles than 0.4 m ones)."""
+def confusion(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
+    """Rows: true class; columns: named class (the model is left in the mode it was in)."""
     was_training = model.training
     model.eval()
     with torch.no_grad():
         predicted = torch.cat([model(chunk).argmax(1) for chunk in images.split(256)])
     model.train(was_training)
-    return float(np.mean([(predicted[labels == k] == k).float().mean() for k in labels.unique()]))
-
-
-def confusion(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> list[list[int]]:
-    """Rows: true class; columns: named class."""
-    with torch.no_grad():
-        predicted = torch.cat([model(chunk).argmax(1) for chunk in images.split(256)])
     counts = np.zeros((len(GSD_CLASSES), len(GSD_CLASSES)), dtype=int)
     np.add.at(counts, (labels.numpy(), predicted.numpy()), 1)
-    return counts.tolist()
+    return counts
+
+
+def balanced_accuracy(counts: np.ndarray) -> float:
+    """Mean over the classes present of the share of that class named right (the held-out
+    images give 16 times more 0.1 m tiles than 0.4 m ones)."""
+    present = counts.sum(1) > 0
+    return float(np.mean(np.diag(counts)[present] / counts.sum(1)[present]))
 
 
 def judge_tiles() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -132,13 +131,14 @@ def train_classifier(tiles: dict, seed: int, steps: int = 3000, batch: int = 64)
         optimizer.step()
         schedule.step()
         if step % 250 == 0:
-            val = balanced_accuracy(model, val_x, val_y)
+            val = balanced_accuracy(confusion(model, val_x, val_y))
             if val > best:
                 best, best_state = val, {k: v.clone() for k, v in model.state_dict().items()}
     model.load_state_dict(best_state)
     model.eval()
-    return model, {"seed": seed, "val_accuracy": best, "test_accuracy": balanced_accuracy(model, test_x, test_y),
-                   "val_confusion": confusion(model, val_x, val_y), "test_confusion": confusion(model, test_x, test_y)}
+    test_counts = confusion(model, test_x, test_y)
+    return model, {"seed": seed, "val_accuracy": best, "test_accuracy": balanced_accuracy(test_counts),
+                   "val_confusion": confusion(model, val_x, val_y).tolist(), "test_confusion": test_counts.tolist()}
 
 
 def resolution_control(pipe, classifiers: list[nn.Module], per_class: int, steps: int) -> dict:

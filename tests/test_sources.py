@@ -49,7 +49,7 @@ def test_unlabelled_soap_image_is_validation_only():
     # a validation image for label-free judges: no split's tiles draw on it
     tiles = [RealTiles(split, tile_size=128).tiles for split in ("train", "val", "test")]
     assert all(t.source.image_id != "SOAP_031" for split_tiles in tiles for t in split_tiles)
-    assert len(cut_tiles(image, 64, factor=4, overlap=48)) == 16  # 100 px at 0.4 m: starts 0, 12, 24, 36
+    assert len(cut_tiles(image, 64, factor=4, overlap=48)) == 16  # 100 px at 0.4 m: starts 0, 16, 32, 36
 
 
 def test_tile_windows_cover_the_image():
