@@ -9,6 +9,8 @@ import torch
 
 from earthsynth.config import load_config
 from earthsynth.data.tiles import RealTiles
+from earthsynth.errors import InputError
+from earthsynth.generation.common import bundled_checkpoint
 from earthsynth.generation.metadata_unet import MetadataUNet
 from earthsynth.generation.text2earth import GSDBalancedTiles, Text2EarthPipeline, make_pipeline
 from earthsynth.registry import get_family
@@ -137,6 +139,15 @@ def test_training_data_balances_gsds_and_keeps_the_gsd_out_of_captions():
     assert "m/px" not in sample["caption"] and sample["gsd"] > 100
 
 
+def test_gsd_weights_repeat_one_gsd_more_and_name_what_exists():
+    tiles = RealTiles("train", tile_size=64, gsd_factors=[1, 4], caption_gsd=False)
+    weighted = GSDBalancedTiles(tiles, {0.1: 2})
+    gsds = [round(tiles.tiles[i].gsd, 3) for i in weighted.indices]
+    assert gsds.count(0.1) == 2 * gsds.count(0.4)
+    with pytest.raises(InputError, match=r"model.gsd_weights.*0\.3.*0\.1, 0\.4"):
+        GSDBalancedTiles(tiles, {0.3: 2})
+
+
 def test_family_loss_trains(components):
     family = get_family("text2earth")
     config = components["config"]
@@ -160,7 +171,20 @@ def test_unet_initialised_from_a_local_pretrained_unet(tmp_path):
     pretrained = UNet2DConditionModel.from_config({**inner, "in_channels": 4, "out_channels": 4})
     pretrained.save_pretrained(tmp_path / "sd" / "unet")
     copied, total = init_from_pretrained_unet(model, tmp_path / "sd")
-    assert total - 4 <= copied < total  # all but conv_in / conv_out weight and bias
+    inner = len(model.unet.state_dict())
+    assert total > inner and inner - 4 <= copied < inner  # all but conv_in / conv_out and the GSD embedding
     torch.testing.assert_close(model.unet.mid_block.resnets[0].conv1.weight, pretrained.mid_block.resnets[0].conv1.weight)
     with pytest.raises(Exception, match="safetensors"):
         init_from_pretrained_unet(model, tmp_path)
+
+
+def test_unet_initialised_from_the_bundled_checkpoint_to_fine_tune():
+    from earthsynth.generation.metadata_unet import init_from_pretrained_unet
+
+    bundle = bundled_checkpoint("text2earth")
+    model = get_family("text2earth").build(load_config(bundle / "train_config.yaml"))["unet"]
+    copied, total = init_from_pretrained_unet(model, bundle)
+    assert copied == total  # the GSD embedding and its learned null included
+    trained = MetadataUNet.from_pretrained(bundle / "unet")
+    torch.testing.assert_close(model.scalar_embedding.null, trained.scalar_embedding.null)
+    torch.testing.assert_close(model.unet.conv_out.weight, trained.unet.conv_out.weight)

@@ -84,11 +84,13 @@ class MetadataUNet(ModelMixin, ConfigMixin):
 
 
 def init_from_pretrained_unet(model: MetadataUNet, directory) -> tuple[int, int]:
-    """Copy into `model` every tensor of a local diffusers UNet2DConditionModel (a Stable
-    Diffusion folder's unet/, or a UNet folder) whose name and shape match; the rest keeps its
-    initialisation. Returns (tensors copied, tensors in the model).
+    """Copy into `model` every tensor of a local UNet whose name and shape match; the rest
+    keeps its initialisation. Returns (tensors copied, tensors in the model).
 
-    What matches depends on the run config: a config with the pretrained UNet's widths,
+    `directory` is a diffusers UNet2DConditionModel (a Stable Diffusion folder's unet/, or a
+    UNet folder), or an earthsynth pipeline or MetadataUNet folder, such as a bundled model
+    to fine-tune: its tensors, metadata embedding included, carry over under their own names.
+    What matches a Stable Diffusion UNet depends on the run config: one with its widths,
     layers and attention placement copies nearly everything but the pixel-space input and
     output convolutions (3 channels here, 4 latent channels in Stable Diffusion)."""
     from pathlib import Path
@@ -106,8 +108,12 @@ def init_from_pretrained_unet(model: MetadataUNet, directory) -> tuple[int, int]
     pretrained = {}
     for path in files:
         pretrained.update(load_file(path))
-    own = model.unet.state_dict()
-    matching = {name: tensor for name, tensor in pretrained.items()
-                if name in own and own[name].shape == tensor.shape}
-    model.unet.load_state_dict(matching, strict=False)
+    own = model.state_dict()
+    matching = {}
+    for name, tensor in pretrained.items():
+        # an earthsynth MetadataUNet names its tensors unet.* and scalar_embedding.*; a diffusers UNet has no prefix
+        target = name if name in own else f"unet.{name}"
+        if target in own and own[target].shape == tensor.shape:
+            matching[target] = tensor
+    model.load_state_dict(matching, strict=False)
     return len(matching), len(own)
