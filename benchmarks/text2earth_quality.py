@@ -15,6 +15,8 @@
    shows what the text alone gives. One classifier is a noisy judge of images unlike its
    training tiles, so `--judges` classifiers (seeds 0, 1, ...) name the same generated
    images and the table gives each one's accuracy and their mean.
+   A texture table beside it, judge-free: the mean step between neighbouring pixels and
+   the contrast of real and generated tiles at each GSD (finer GSDs have larger steps).
 2. Scene stitching. `generate_scene` makes 256 x 256 scenes from 64 px tiles overlapping by
    16; the seam score is the mean absolute step across the tiles' borders over the mean
    step elsewhere (1 = no seam). Beside it: the same tiles generated independently and
@@ -141,6 +143,18 @@ def train_classifier(tiles: dict, seed: int, steps: int = 3000, batch: int = 64)
                    "val_confusion": confusion(model, val_x, val_y).tolist(), "test_confusion": test_counts.tolist()}
 
 
+def texture(images: torch.Tensor) -> tuple[float, float]:
+    """(mean absolute step between neighbouring pixels, mean per-channel contrast as a standard
+    deviation) of [0, 1] images: a judge-free look at whether generated tiles are as fine
+    and as contrasted as real tiles of the same GSD."""
+    step = ((images[..., 1:, :] - images[..., :-1, :]).abs().mean() + (images[..., 1:] - images[..., :-1]).abs().mean()) / 2
+    return float(step), float(images.std((2, 3)).mean())
+
+
+def texture_by_class(images: torch.Tensor, labels: torch.Tensor) -> list[tuple[float, float]]:
+    return [texture(images[labels == label]) for label in range(len(GSD_CLASSES))]
+
+
 def resolution_control(pipe, classifiers: list[nn.Module], per_class: int, steps: int) -> dict:
     """Every classifier names the class of the same generated images."""
     rows = {}
@@ -148,18 +162,20 @@ def resolution_control(pipe, classifiers: list[nn.Module], per_class: int, steps
                 "GSD only (empty prompt)": (False, None)}
     for name, (with_text, gsd_guidance) in settings.items():
         confusions = np.zeros((len(classifiers), 3, 3), dtype=int)
+        textures = []
         for label, gsd in enumerate(GSD_CLASSES):
             prompts = [PROMPTS[i % len(PROMPTS)] if with_text else "" for i in range(per_class)]
             generators = [torch.Generator().manual_seed(1000 * label + i) for i in range(per_class)]
             images = pipe(prompts, gsd=gsd, num_inference_steps=steps, gsd_guidance_scale=gsd_guidance,
                           generator=generators, output_type="pt").images
+            textures.append(texture(images))
             for k, classifier in enumerate(classifiers):
                 with torch.no_grad():
                     predicted = classifier(images).argmax(1).numpy()
                 np.add.at(confusions[k, label], predicted, 1)
         accuracies = [float(np.trace(c)) / (3 * per_class) for c in confusions]
         rows[name] = {"accuracy": float(np.mean(accuracies)), "accuracy_per_classifier": accuracies,
-                      "confusion": confusions.tolist()}
+                      "confusion": confusions.tolist(), "texture": textures}
     # the text alone, GSD unknown: which classes does the model drift to?
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(per_class)]
     images = pipe(prompts, gsd=None, num_inference_steps=steps,
@@ -235,6 +251,17 @@ def main() -> None:
         print(f"  {name}", control[name]["confusion"][0])
     print("text only, GSD unknown, named 0.1 / 0.2 / 0.4 m by each classifier:",
           control["text only, GSD unknown"]["predicted_counts"])
+    print()
+    print("| tiles: neighbour step / contrast (std), [0, 1] RGB | " + " | ".join(f"{g} m" for g in GSD_CLASSES) + " |")
+    print("|---|" + "---|" * len(GSD_CLASSES))
+
+    def texture_row(name: str, values) -> None:
+        print(f"| {name} | " + " | ".join(f"{step:.3f} / {contrast:.3f}" for step, contrast in values) + " |")
+
+    texture_row("real, YELL (training)", texture_by_class(*tiles["train"]))
+    texture_row("real, OSBS_029 (held-out test)", texture_by_class(*tiles["test"]))
+    for name in generated:
+        texture_row(f"text2earth, {name}", control[name]["texture"])
     print()
     print(f"| {seams['size']} px scenes from {seams['tile']} px tiles ({seams['scenes']} scenes) | seam score (1 = none) |")
     print("|---|---|")

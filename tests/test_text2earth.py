@@ -182,7 +182,9 @@ def test_unet_initialised_from_the_bundled_checkpoint_to_fine_tune():
     from earthsynth.generation.metadata_unet import init_from_pretrained_unet
 
     bundle = bundled_checkpoint("text2earth")
-    model = get_family("text2earth").build(load_config(bundle / "train_config.yaml"))["unet"]
+    # the bundle's own config names the run it was fine-tuned from, absent from a fresh clone
+    config = load_config(bundle / "train_config.yaml", ["model.init_unet="])
+    model = get_family("text2earth").build(config)["unet"]
     copied, total = init_from_pretrained_unet(model, bundle)
     assert copied == total  # the GSD embedding and its learned null included
     trained = MetadataUNet.from_pretrained(bundle / "unet")
