@@ -171,8 +171,9 @@ def test_unet_initialised_from_a_local_pretrained_unet(tmp_path):
     pretrained = UNet2DConditionModel.from_config({**inner, "in_channels": 4, "out_channels": 4})
     pretrained.save_pretrained(tmp_path / "sd" / "unet")
     copied, total = init_from_pretrained_unet(model, tmp_path / "sd")
-    inner = len(model.unet.state_dict())
-    assert total > inner and inner - 4 <= copied < inner  # all but conv_in / conv_out and the GSD embedding
+    inner_tensors = len(model.unet.state_dict())
+    # all but conv_in / conv_out and the GSD embedding
+    assert total > inner_tensors and inner_tensors - 4 <= copied < inner_tensors
     torch.testing.assert_close(model.unet.mid_block.resnets[0].conv1.weight, pretrained.mid_block.resnets[0].conv1.weight)
     with pytest.raises(Exception, match="safetensors"):
         init_from_pretrained_unet(model, tmp_path)
