@@ -30,10 +30,11 @@ from earthsynth.generation.hsi import (
     HSIRefiner,
     LatentDenoiser3D,
     eigenimage_loss,
+    sparse_noise_mask,
 )
 from earthsynth.generation.hsi.classical import pca_truncation
 from earthsynth.generation.hsi.lowrank import robust_fits, robust_projection, spectral_noise_sigmas
-from earthsynth.generation.hsi.model import EigenimageDenoiser, pad_cube
+from earthsynth.generation.hsi.model import EigenimageDenoiser, OutlierDetector, pad_cube
 from earthsynth.generation.hsi.pipeline import normalisation, to_dtype
 from earthsynth.training.loop import train
 from tests_support import assert_input_error
@@ -221,6 +222,37 @@ def test_eigenimage_denoiser_learns_from_the_eigenimage_loss():
     assert float(loss) < before - 0.5  # the log band error: 2 dB and more
 
 
+def test_robust_fit_keeps_known_outliers_out_of_the_fit():
+    cube, noisy, impulses = low_rank_cube_with_sensor_noise(impulse_fraction=0.3)
+    error = lambda fit: float(((fit.estimate().float()[0] - cube) ** 2).mean())  # noqa: E731
+    blind = robust_fits(noisy[None], [3], iterations=1)[0]
+    told = robust_fits(noisy[None], [3], iterations=1, known_outliers=impulses[None])[0]
+    assert bool(told.outliers[0][impulses].all())  # flagged in every iteration, whatever the residual
+    assert error(told) < error(blind)
+
+
+def test_outlier_detector_learns_where_the_sparse_noise_is():
+    torch.manual_seed(0)
+    cube, noisy, impulses = low_rank_cube_with_sensor_noise(impulse_fraction=0.2)
+    target = sparse_noise_mask(noisy[None], cube[None])
+    assert float(target[0][impulses].float().mean()) > 0.95 and float(target[0][~impulses].float().mean()) < 0.05
+    detector = OutlierDetector(channels=8, blocks=1)
+    first = robust_fits(noisy[None], [3])[0].estimate().float()
+    optimiser = torch.optim.Adam(detector.parameters(), lr=1e-2)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    for _ in range(80):
+        loss = bce(detector(noisy[None], first), target.float())
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    flagged = detector(noisy[None], first)[0] > 0
+    assert float(flagged[impulses].float().mean()) > 0.9 and float(flagged[~impulses].float().mean()) < 0.05
+    # in the refiner: logits for every value, none where there are too few bands to fit
+    refiner = HSIRefiner(channels=4, blocks=1, subspace_ranks=(2, 3), base_rank=3, detector_channels=4)
+    assert refiner.refine(noisy[None], torch.zeros_like(noisy[None])).outlier_logits.shape == (1, *noisy.shape)
+    assert refiner.refine(noisy[None, :3], torch.zeros_like(noisy[None, :3])).outlier_logits is None
+
+
 def test_normalisation_maps_to_unit_range_and_keeps_zero():
     cube = torch.rand(1, 8, 16, 16) * 4000
     offset, scale = normalisation(cube)
@@ -301,6 +333,16 @@ def test_three_training_stages_chain(tmp_path):
     for name, tensor in pipe.autoencoder.state_dict().items():
         assert torch.equal(tensor, exported.state_dict()[name]), name
     assert pipe(np.random.default_rng(0).random((10, 16, 16)).astype(np.float32), 2).cube.shape == (10, 16, 16)
+    # stage 3b: a detector added to the stage-2 refiner, trained alone; the latent model stays
+    detect = load_config(tree={"family": "hsi", "output_dir": str(tmp_path / "s3b"),
+                               "model": {**small, "init_from": str(tmp_path / "s2" / "final"), "detector_channels": 4,
+                                         "refiner_only": True}, **common})
+    grown = HSIDenoisePipeline.from_pretrained(train(detect, show_progress=False)["final_dir"])
+    stage2 = HSIDenoisePipeline.from_pretrained(tmp_path / "s2" / "final")
+    assert grown.refiner.detector is not None and grown.refiner.config.detector_channels == 4
+    for name, tensor in stage2.denoiser.state_dict().items():
+        assert torch.equal(tensor, grown.denoiser.state_dict()[name]), name
+    assert not torch.equal(stage2.refiner.conv_out.weight, grown.refiner.conv_out.weight)
 
 
 def test_stage_two_needs_the_autoencoder(tmp_path):

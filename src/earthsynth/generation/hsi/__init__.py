@@ -16,6 +16,7 @@ from `train_bands`, so the 3D convolutions learn more than one spectral sampling
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from diffusers import DDIMScheduler, DDPMScheduler
 from earthsynth.data.hsi_noise import NOISE_KINDS, add_noise
 from earthsynth.data.hsi_scenes import SyntheticCubes, collate_cubes, resample_bands
 from earthsynth.errors import InputError
+from earthsynth.generation.hsi.lowrank import spectral_noise_sigmas
 from earthsynth.generation.hsi.model import (
     HSIAutoencoder,
     HSIConditionEncoder,
@@ -61,6 +63,9 @@ class HSIModelConfig:
     eigenimage_rank: int = 0  # > 0: the refiner starts from this rank's fit with denoised eigen-images
     eigenimage_channels: int = 32  # width of the refiner's eigen-image denoiser
     eigenimage_loss_weight: float = 1.0  # log band error of the cube rebuilt from the denoised eigen-images
+    detector_channels: int = 0  # > 0: the refiner flags sparse noise with a learned OutlierDetector first
+    detector_loss_weight: float = 1.0  # its binary cross-entropy against the values the noise hit
+    refiner_only: bool = False  # train the refiner alone (the latent model runs, frozen, to feed it)
     train_bands: list[int] = field(default_factory=lambda: [31, 64])  # one drawn per batch
     # stage 2/3
     autoencoder: str = ""  # folder of the stage-1 export (its autoencoder/ subfolder or itself)
@@ -170,6 +175,11 @@ def build(config) -> dict:
         condition_encoder = HSIConditionEncoder.from_pretrained(folder / "condition_encoder")
         denoiser = LatentDenoiser3D.from_pretrained(folder / "denoiser")
         refiner = HSIRefiner.from_pretrained(folder / "refiner")
+        if mc.detector_channels and not refiner.config.detector_channels:  # add a fresh detector
+            settings = {k: v for k, v in refiner.config.items() if not k.startswith("_")}
+            grown = HSIRefiner(**{**settings, "detector_channels": mc.detector_channels})
+            grown.load_state_dict(refiner.state_dict(), strict=False)
+            refiner = grown
     else:
         autoencoder = load_autoencoder(mc.autoencoder)
         condition_encoder = HSIConditionEncoder(out_channels=mc.condition_channels,
@@ -185,7 +195,7 @@ def build(config) -> dict:
         refiner = HSIRefiner(channels=mc.refiner_channels, blocks=mc.refiner_blocks,
                              subspace_ranks=tuple(mc.subspace_ranks), base_rank=mc.base_rank,
                              outlier_threshold=mc.outlier_threshold, eigenimage_rank=mc.eigenimage_rank,
-                             eigenimage_channels=mc.eigenimage_channels)
+                             eigenimage_channels=mc.eigenimage_channels, detector_channels=mc.detector_channels)
     autoencoder.requires_grad_(False).eval()
     scheduler = DDPMScheduler(num_train_timesteps=mc.diffusion_steps, beta_schedule="squaredcos_cap_v2",
                               prediction_type="sample", clip_sample=False)
@@ -212,21 +222,33 @@ def loss(components: dict, batch: dict) -> torch.Tensor:
     with torch.no_grad():
         clean_latent = autoencoder.encode(clean)
         noisy_latent = autoencoder.encode(noisy)
-    condition = components["condition_encoder"](noisy)
-    # the sampler starts from the noisy cube's latent: train on that start too
-    from_noisy = (torch.rand(clean.shape[0], device=clean.device) < mc.start_from_noisy)[:, None, None, None, None]
-    start = torch.where(from_noisy, noisy_latent, clean_latent)
-    timesteps = torch.randint(0, mc.diffusion_steps, (clean.shape[0],), device=clean.device)
-    sample = scheduler.add_noise(start, torch.randn_like(start), timesteps)
-    predicted = denoiser(sample, timesteps, condition)
-    total = F.mse_loss(predicted, clean_latent)
-    # the pixel loss reaches the denoiser through the frozen decoder and trains the refiner
-    decoded = autoencoder.decode(predicted, tuple(clean.shape[-3:]))
+    with torch.no_grad() if mc.refiner_only else contextlib.nullcontext():
+        condition = components["condition_encoder"](noisy)
+        # the sampler starts from the noisy cube's latent: train on that start too
+        from_noisy = (torch.rand(clean.shape[0], device=clean.device) < mc.start_from_noisy)[:, None, None, None, None]
+        start = torch.where(from_noisy, noisy_latent, clean_latent)
+        timesteps = torch.randint(0, mc.diffusion_steps, (clean.shape[0],), device=clean.device)
+        sample = scheduler.add_noise(start, torch.randn_like(start), timesteps)
+        predicted = denoiser(sample, timesteps, condition)
+        total = 0.0 if mc.refiner_only else F.mse_loss(predicted, clean_latent)
+        # the pixel loss reaches the denoiser through the frozen decoder and trains the refiner
+        decoded = autoencoder.decode(predicted, tuple(clean.shape[-3:]))
     refined = components["refiner"].refine(noisy, decoded)
     total = total + mc.pixel_loss_weight * F.l1_loss(refined.cube, clean)
     if refined.fit is not None and mc.eigenimage_loss_weight > 0:
         total = total + mc.eigenimage_loss_weight * eigenimage_loss(refined.fit, refined.eigenimages, clean)
+    if refined.outlier_logits is not None and mc.detector_loss_weight > 0:
+        total = total + mc.detector_loss_weight * F.binary_cross_entropy_with_logits(
+            refined.outlier_logits, sparse_noise_mask(noisy, clean).to(refined.outlier_logits.dtype))
     return total
+
+
+def sparse_noise_mask(noisy: torch.Tensor, clean: torch.Tensor, threshold: float = 2.5) -> torch.Tensor:
+    """The detector's target: values farther from the clean cube than `threshold` times their
+    band's noise std (estimated robustly, as the refiner's fit does): what the Gaussian part
+    of the noise rarely reaches and impulses, dead values and most stripes do."""
+    sigmas = spectral_noise_sigmas(noisy).to(noisy.dtype)[..., None, None]
+    return (noisy - clean).abs() > threshold * sigmas
 
 
 def eigenimage_loss(fit, eigenimages: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:

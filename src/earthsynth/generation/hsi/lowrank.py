@@ -104,9 +104,11 @@ def robust_projections(cube: torch.Tensor, ranks: list[int], iterations: int = 1
 
 
 def robust_fits(cube: torch.Tensor, ranks: list[int], iterations: int = 10, threshold: float = 3.0,
-                whiten: bool = True) -> list[RobustFit | None]:
+                whiten: bool = True, known_outliers: torch.Tensor | None = None) -> list[RobustFit | None]:
     """The robust fit (see robust_projection) at each of `ranks`; None for a rank at or above
-    the band count (nothing to fit)."""
+    the band count (nothing to fit). known_outliers (N, B, H, W) bool, optional: values
+    flagged beforehand (by the hsi refiner's learned detector), treated as outliers in every
+    iteration on top of those the threshold finds."""
     if min(ranks) < 1 or iterations < 1:
         raise ValueError(f"rank and iterations must be at least 1, got {min(ranks)} and {iterations}")
     n, bands, height, width = cube.shape
@@ -130,6 +132,9 @@ def robust_fits(cube: torch.Tensor, ranks: list[int], iterations: int = 10, thre
             results.append(None)
             continue
         subspace_source, working = median_start, observed
+        if known_outliers is not None:
+            prior = known_outliers.reshape(n, bands, -1)
+            working = torch.where(prior, median_start, observed)
         for _ in range(iterations):
             mean = subspace_source.mean(-1, keepdim=True)
             centred = subspace_source - mean
@@ -140,6 +145,8 @@ def robust_fits(cube: torch.Tensor, ranks: list[int], iterations: int = 10, thre
             residual = (observed - fit).abs()
             spread = residual.median(dim=-1, keepdim=True).values / MAD_TO_STD
             outliers = residual > threshold * spread.clamp_min(1e-12)
+            if known_outliers is not None:
+                outliers = outliers | prior
             working = torch.where(outliers, fit, observed)
             subspace_source = working
         results.append(RobustFit(basis, coefficients.reshape(n, rank, height, width), mean, scale,

@@ -29,7 +29,7 @@ from diffusers.configuration_utils import register_to_config
 from torch import nn
 
 from earthsynth.generation.common import timestep_embedding
-from earthsynth.generation.hsi.lowrank import RobustFit, robust_fits
+from earthsynth.generation.hsi.lowrank import MAD_TO_STD, RobustFit, robust_fits
 
 MULTIPLE = 4  # every axis is padded to a multiple of this (latent /2, denoiser /2 again)
 
@@ -239,11 +239,46 @@ class EigenimageDenoiser(nn.Module):
         return eigenimages + correction
 
 
+class OutlierDetector(nn.Module):
+    """A small 2D network that flags the values hit by sparse noise (impulses, dead pixels and
+    lines, stripes) before the robust low-rank fit, which alone finds them only by a threshold
+    on their residual: an impulse strong enough to pull the subspace towards itself leaves a
+    small residual and escapes, and a weak stripe never crosses the threshold pixel by pixel.
+
+    Each band is read on its own with the same weights (any band count), from four inputs:
+    the band over its 99th percentile (dead values sit at 0, saturated ones at the top), its
+    residual to a first robust fit in robust-spread units, and that residual's median down
+    each column and along each row (a stripe or a dead line shows there even where single
+    pixels do not). Output: one logit per value, > 0 flags it.
+    """
+
+    INPUTS = 4
+
+    def __init__(self, channels: int = 16, blocks: int = 2):
+        super().__init__()
+        self.conv_in = nn.Conv2d(self.INPUTS, channels, 3, padding=1)
+        self.blocks = nn.Sequential(*(ResBlock2d(channels) for _ in range(blocks)))
+        self.conv_out = nn.Conv2d(channels, 1, 1)
+
+    def forward(self, cube: torch.Tensor, fit: torch.Tensor) -> torch.Tensor:
+        """(N, B, H, W) normalised cube and its robust low-rank fit -> (N, B, H, W) logits."""
+        n, bands, height, width = cube.shape
+        residual = cube - fit
+        spread = residual.flatten(2).abs().median(-1).values[..., None, None] / MAD_TO_STD
+        residual = (residual / spread.clamp_min(1e-9)).clamp(-30, 30) / 5
+        top = cube.flatten(2).quantile(0.99, dim=-1)[..., None, None].clamp_min(1e-6)
+        inputs = torch.stack([cube / top, residual, residual.median(-2, keepdim=True).values.expand_as(residual),
+                              residual.median(-1, keepdim=True).values.expand_as(residual)], dim=2)
+        h = self.blocks(self.conv_in(inputs.reshape(n * bands, self.INPUTS, height, width)))
+        return self.conv_out(h).reshape(n, bands, height, width)
+
+
 @dataclass
 class RefinerOutput:
     cube: torch.Tensor  # (N, B, H, W) the refined cube
     fit: RobustFit | None  # the fit whose eigen-images were denoised (None: no eigen-image denoiser)
     eigenimages: torch.Tensor | None  # (N, rank, H, W) the denoised eigen-images
+    outlier_logits: torch.Tensor | None = None  # (N, B, H, W) the detector's (None: no detector)
 
 
 class HSIRefiner(ModelMixin, ConfigMixin):
@@ -260,16 +295,19 @@ class HSIRefiner(ModelMixin, ConfigMixin):
     scene), the starting estimate and the outlier mask of the `base_rank` fit (where impulses,
     dead pixels and stripes were found). Its last convolution starts at zero, so training
     begins from the starting estimate and can only learn what it leaves.
+    With `detector_channels` > 0, an OutlierDetector reads the noisy cube and a first robust
+    fit at `base_rank`, and the values it flags count as outliers in every fit after it.
     """
 
     @register_to_config
     def __init__(self, channels: int = 16, blocks: int = 2, subspace_ranks: tuple[int, ...] = (3, 4, 6),
                  base_rank: int = 4, outlier_threshold: float = 3.0, eigenimage_rank: int = 0,
-                 eigenimage_channels: int = 32):
+                 eigenimage_channels: int = 32, detector_channels: int = 0):
         super().__init__()
         if base_rank not in subspace_ranks:
             raise ValueError(f"base_rank {base_rank} must be one of subspace_ranks {tuple(subspace_ranks)}")
         self.eigenimages = EigenimageDenoiser(eigenimage_channels) if eigenimage_rank > 0 else None
+        self.detector = OutlierDetector(detector_channels) if detector_channels > 0 else None
         inputs = 3 + len(subspace_ranks) + (1 if self.eigenimages is not None else 0)
         self.conv_in = nn.Conv3d(inputs, channels, 3, padding=1)
         self.res_blocks = nn.ModuleList(ResBlock3d(channels) for _ in range(blocks))
@@ -282,8 +320,15 @@ class HSIRefiner(ModelMixin, ConfigMixin):
         ranks = list(self.config.subspace_ranks)
         eigen_rank = self.config.eigenimage_rank
         fit_ranks = ranks + ([eigen_rank] if eigen_rank > 0 and eigen_rank not in ranks else [])
+        logits, flagged = None, None
+        if self.detector is not None:
+            with torch.no_grad():
+                first = robust_fits(noisy_cube, [self.config.base_rank], threshold=self.config.outlier_threshold)[0]
+            if first is not None:  # (None: too few bands for the rank, nothing to detect against)
+                logits = self.detector(noisy_cube, first.estimate().to(noisy_cube.dtype))
+                flagged = logits.detach() > 0
         with torch.no_grad():
-            fits = robust_fits(noisy_cube, fit_ranks, threshold=self.config.outlier_threshold)
+            fits = robust_fits(noisy_cube, fit_ranks, threshold=self.config.outlier_threshold, known_outliers=flagged)
         estimates = [noisy_cube if fit is None else fit.estimate().to(noisy_cube.dtype) for fit in fits[:len(ranks)]]
         base_fit = fits[ranks.index(self.config.base_rank)]
         outliers = (torch.zeros_like(noisy_cube) if base_fit is None else base_fit.outliers.to(noisy_cube.dtype))
@@ -301,7 +346,7 @@ class HSIRefiner(ModelMixin, ConfigMixin):
         for block in self.res_blocks:
             h = block(h)
         cube = start + self.conv_out(F.silu(self.norm_out(h)))[:, 0]
-        return RefinerOutput(cube=cube, fit=eigen_fit, eigenimages=eigenimages)
+        return RefinerOutput(cube=cube, fit=eigen_fit, eigenimages=eigenimages, outlier_logits=logits)
 
     def forward(self, noisy_cube: torch.Tensor, decoded_cube: torch.Tensor) -> torch.Tensor:
         return self.refine(noisy_cube, decoded_cube).cube
