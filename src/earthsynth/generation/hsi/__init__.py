@@ -7,8 +7,10 @@ Three training stages, each a config for `earthsynth train`:
      full-resolution refiner on noisy/clean pairs with one simple noise kind per batch, the
      autoencoder frozen;
   3. family "hsi" again (configs/hsi_finetune.yaml): fine-tuning from stage 2 on the
-     harder mixture of every noise kind at higher strength (the bundled model stops at
-     stage 2: with the robust low-rank refiner, stage 3 scored lower on validation).
+     harder mixture of every noise kind at higher strength (with the robust low-rank
+     refiner, it scored lower on validation than stage 2); or, as the bundled model does,
+     configs/hsi_detector.yaml: the stage-2 refiner gets a learned outlier detector and is
+     trained alone (refiner_only) on every kind, the mixture twice as often.
 Clean cubes: earthsynth.data.hsi_scenes (earthlib spectra under abundance maps from real
 scenes); noise: earthsynth.data.hsi_noise. Every batch is resampled to a band count drawn
 from `train_bands`, so the 3D convolutions learn more than one spectral sampling.
