@@ -126,15 +126,14 @@ def robust_fits(cube: torch.Tensor, ranks: list[int], iterations: int = 10, thre
     # the first subspace comes from a 3x3 median of every band, which impulses and dead
     # pixels do not reach; spatial filtering keeps spectra inside the span of the materials
     median_start = median3x3(observed.reshape(n, bands, height, width)).reshape(n, bands, -1)
+    prior = None if known_outliers is None else known_outliers.reshape(n, bands, -1)
     results = []
     for rank in ranks:
         if rank >= bands:
             results.append(None)
             continue
-        subspace_source, working = median_start, observed
-        if known_outliers is not None:
-            prior = known_outliers.reshape(n, bands, -1)
-            working = torch.where(prior, median_start, observed)
+        subspace_source = median_start
+        working = observed if prior is None else torch.where(prior, median_start, observed)
         for _ in range(iterations):
             mean = subspace_source.mean(-1, keepdim=True)
             centred = subspace_source - mean
@@ -145,7 +144,7 @@ def robust_fits(cube: torch.Tensor, ranks: list[int], iterations: int = 10, thre
             residual = (observed - fit).abs()
             spread = residual.median(dim=-1, keepdim=True).values / MAD_TO_STD
             outliers = residual > threshold * spread.clamp_min(1e-12)
-            if known_outliers is not None:
+            if prior is not None:
                 outliers = outliers | prior
             working = torch.where(outliers, fit, observed)
             subspace_source = working
