@@ -33,7 +33,12 @@ from earthsynth.generation.hsi import (
     sparse_noise_mask,
 )
 from earthsynth.generation.hsi.classical import pca_truncation
-from earthsynth.generation.hsi.lowrank import robust_fits, robust_projection, spectral_noise_sigmas
+from earthsynth.generation.hsi.lowrank import (
+    fit_start,
+    robust_fits,
+    robust_projection,
+    spectral_noise_sigmas,
+)
 from earthsynth.generation.hsi.model import EigenimageDenoiser, OutlierDetector, pad_cube
 from earthsynth.generation.hsi.pipeline import normalisation, to_dtype
 from earthsynth.training.loop import train
@@ -229,6 +234,9 @@ def test_robust_fit_keeps_known_outliers_out_of_the_fit():
     told = robust_fits(noisy[None], [3], iterations=1, known_outliers=impulses[None])[0]
     assert bool(told.outliers[0][impulses].all())  # flagged in every iteration, whatever the residual
     assert error(told) < error(blind)
+    # a start shared between fits of the same cube gives the same fits as computing it each time
+    shared = robust_fits(noisy[None], [3], iterations=1, known_outliers=impulses[None], start=fit_start(noisy[None]))[0]
+    assert torch.equal(shared.estimate(), told.estimate()) and torch.equal(shared.outliers, told.outliers)
 
 
 def test_outlier_detector_learns_where_the_sparse_noise_is():

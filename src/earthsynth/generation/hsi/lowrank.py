@@ -103,17 +103,18 @@ def robust_projections(cube: torch.Tensor, ranks: list[int], iterations: int = 1
             for fit in robust_fits(cube, ranks, iterations, threshold, whiten)]
 
 
-def robust_fits(cube: torch.Tensor, ranks: list[int], iterations: int = 10, threshold: float = 3.0,
-                whiten: bool = True, known_outliers: torch.Tensor | None = None) -> list[RobustFit | None]:
-    """The robust fit (see robust_projection) at each of `ranks`; None for a rank at or above
-    the band count (nothing to fit). known_outliers (N, B, H, W) bool, optional: values
-    flagged beforehand (by the hsi refiner's learned detector), treated as outliers in every
-    iteration on top of those the threshold finds."""
-    if min(ranks) < 1 or iterations < 1:
-        raise ValueError(f"rank and iterations must be at least 1, got {min(ranks)} and {iterations}")
+@dataclass
+class FitStart:
+    """What every robust fit of one batch of cubes starts from, whatever the rank: the
+    whitened spectra, the whitening scale and their 3x3-median start (see robust_fits)."""
+
+    observed: torch.Tensor  # (N, B, H*W) float64, cube / scale
+    scale: torch.Tensor  # (N, B, 1) each band's noise std (ones without whitening)
+    median_start: torch.Tensor  # (N, B, H*W) each whitened band's 3x3 median
+
+
+def fit_start(cube: torch.Tensor, whiten: bool = True) -> FitStart:
     n, bands, height, width = cube.shape
-    if min(ranks) >= bands:  # nothing to fit (and too few bands to estimate the noise)
-        return [None for _ in ranks]
     spectra = cube.reshape(n, bands, -1).double()
     scale = torch.ones(n, bands, 1, dtype=spectra.dtype, device=spectra.device)
     if whiten:
@@ -126,6 +127,24 @@ def robust_fits(cube: torch.Tensor, ranks: list[int], iterations: int = 10, thre
     # the first subspace comes from a 3x3 median of every band, which impulses and dead
     # pixels do not reach; spatial filtering keeps spectra inside the span of the materials
     median_start = median3x3(observed.reshape(n, bands, height, width)).reshape(n, bands, -1)
+    return FitStart(observed, scale, median_start)
+
+
+def robust_fits(cube: torch.Tensor, ranks: list[int], iterations: int = 10, threshold: float = 3.0,
+                whiten: bool = True, known_outliers: torch.Tensor | None = None,
+                start: FitStart | None = None) -> list[RobustFit | None]:
+    """The robust fit (see robust_projection) at each of `ranks`; None for a rank at or above
+    the band count (nothing to fit). known_outliers (N, B, H, W) bool, optional: values
+    flagged beforehand (by the hsi refiner's learned detector), treated as outliers in every
+    iteration on top of those the threshold finds. start: fit_start(cube, whiten), when the
+    caller fits the same cube more than once (it is then not recomputed)."""
+    if min(ranks) < 1 or iterations < 1:
+        raise ValueError(f"rank and iterations must be at least 1, got {min(ranks)} and {iterations}")
+    n, bands, height, width = cube.shape
+    if min(ranks) >= bands:  # nothing to fit (and too few bands to estimate the noise)
+        return [None for _ in ranks]
+    start = start if start is not None else fit_start(cube, whiten)
+    observed, scale, median_start = start.observed, start.scale, start.median_start
     prior = None if known_outliers is None else known_outliers.reshape(n, bands, -1)
     results = []
     for rank in ranks:

@@ -29,7 +29,7 @@ from diffusers.configuration_utils import register_to_config
 from torch import nn
 
 from earthsynth.generation.common import timestep_embedding
-from earthsynth.generation.hsi.lowrank import MAD_TO_STD, RobustFit, robust_fits
+from earthsynth.generation.hsi.lowrank import MAD_TO_STD, RobustFit, fit_start, robust_fits
 
 MULTIPLE = 4  # every axis is padded to a multiple of this (latent /2, denoiser /2 again)
 
@@ -320,15 +320,19 @@ class HSIRefiner(ModelMixin, ConfigMixin):
         ranks = list(self.config.subspace_ranks)
         eigen_rank = self.config.eigenimage_rank
         fit_ranks = ranks + ([eigen_rank] if eigen_rank > 0 and eigen_rank not in ranks else [])
-        logits, flagged = None, None
+        logits, flagged, start = None, None, None
         if self.detector is not None:
             with torch.no_grad():
-                first = robust_fits(noisy_cube, [self.config.base_rank], threshold=self.config.outlier_threshold)[0]
+                # the detector's first fit and the fits after it share the whitening and median start
+                start = fit_start(noisy_cube) if min(fit_ranks) < noisy_cube.shape[1] else None
+                first = robust_fits(noisy_cube, [self.config.base_rank], threshold=self.config.outlier_threshold,
+                                    start=start)[0]
             if first is not None:  # (None: too few bands for the rank, nothing to detect against)
                 logits = self.detector(noisy_cube, first.estimate().to(noisy_cube.dtype))
                 flagged = logits.detach() > 0
         with torch.no_grad():
-            fits = robust_fits(noisy_cube, fit_ranks, threshold=self.config.outlier_threshold, known_outliers=flagged)
+            fits = robust_fits(noisy_cube, fit_ranks, threshold=self.config.outlier_threshold, known_outliers=flagged,
+                               start=start)
         estimates = [noisy_cube if fit is None else fit.estimate().to(noisy_cube.dtype) for fit in fits[:len(ranks)]]
         base_fit = fits[ranks.index(self.config.base_rank)]
         outliers = (torch.zeros_like(noisy_cube) if base_fit is None else base_fit.outliers.to(noisy_cube.dtype))
