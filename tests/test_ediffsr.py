@@ -148,12 +148,19 @@ def test_pipeline_rejects_bad_inputs():
 
 def test_training_through_the_shared_loop_exports_a_loadable_pipeline(tmp_path):
     from earthsynth.config import load_config
-    from earthsynth.generation.ediffsr import EDiffSRPipeline, degrade
+    from earthsynth.errors import InputError
+    from earthsynth.generation.ediffsr import FAMILY, EDiffSRPipeline, degrade
     from earthsynth.training.loop import train
 
     high = torch.rand(2, 3, 32, 32)
     assert degrade(high, 4, "bicubic").shape == (2, 3, 8, 8)
     assert degrade(high, 2, "blur_noise_jpeg", torch.Generator().manual_seed(0)).shape == (2, 3, 16, 16)
+    # mixed: each image bicubic or blur + noise + JPEG, both kinds in a large enough batch
+    many = torch.rand(16, 3, 32, 32)
+    bicubic = degrade(many, 4, "bicubic")
+    mixed = degrade(many, 4, "mixed", torch.Generator().manual_seed(0))
+    same = [torch.equal(m, b) for m, b in zip(mixed, bicubic)]
+    assert mixed.shape == bicubic.shape and any(same) and not all(same)
     config = load_config(tree={
         "family": "ediffsr", "output_dir": str(tmp_path / "run"),
         "model": {**{k: list(v) if isinstance(v, tuple) else v for k, v in TINY.items()}, "diffusion_steps": 20,
@@ -165,6 +172,14 @@ def test_training_through_the_shared_loop_exports_a_loadable_pipeline(tmp_path):
     pipe = EDiffSRPipeline.from_pretrained(result["final_dir"])
     assert isinstance(pipe.scheduler, MeanRevertingScheduler) and pipe.eanet.config.scale == 4
     assert pipe(torch.rand(3, 8, 8), num_inference_steps=2).images.shape == (1, 3, 32, 32)
+    # fine-tuning starts from the export's EANet; a model of another scale is refused
+    config.model.init_from = result["final_dir"]
+    config.model.degradation = "mixed"
+    eanet = FAMILY.build(config)["eanet"]
+    assert all(torch.equal(a, b) for a, b in zip(eanet.state_dict().values(), pipe.eanet.state_dict().values()))
+    config.model.scale = 2
+    with pytest.raises(InputError, match="x4, the config asks for 3 bands at x2"):
+        FAMILY.build(config)
 
 
 def test_the_plain_ddim_option_recovers_the_image_with_an_oracle():

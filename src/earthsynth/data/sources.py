@@ -32,6 +32,9 @@ DEEPFOREST_SPLIT = {
 # SOAP_031 ships without boxes; it serves as validation where no labels are needed (GSD
 # judges), a second image of the validation site. Nothing trains on it.
 DEEPFOREST_UNLABELLED_VAL = "SOAP_031"
+# deepforest's unlabelled drone photo of a bird colony (unknown GSD, finer than NEON's): a
+# second test image where no labels are needed (super-resolution). Nothing trains on it.
+DEEPFOREST_DRONE_TEST = "AWPE Pigeon Lake 2020 DJI_0005"
 DEEPFOREST_GSD = 0.1  # NEON AOP RGB orthophotos, metres per pixel
 NEON_SITES = {"YELL": "Yellowstone National Park", "SOAP": "Soaproot Saddle, Sierra Nevada", "OSBS": "Ordway-Swisher Biological Station, Florida"}
 
@@ -118,6 +121,16 @@ def deepforest_unlabelled_val() -> SourceImage:
     return SourceImage(
         image_id=DEEPFOREST_UNLABELLED_VAL, source="deepforest", path=path, split="val", gsd=DEEPFOREST_GSD,
         description=f"NEON airborne RGB orthophoto, {NEON_SITES['SOAP']}", crs=header.crs, header=header,
+    )
+
+
+def deepforest_drone_test() -> SourceImage:
+    """The drone photo of a bird colony, split "test" (see DEEPFOREST_DRONE_TEST)."""
+    path = deepforest_dir() / f"{DEEPFOREST_DRONE_TEST}.JPG"
+    header = read_header(path)
+    return SourceImage(
+        image_id=DEEPFOREST_DRONE_TEST.replace(" ", "_"), source="deepforest", path=path, split="test", gsd=None,
+        description="drone RGB photo of a bird colony", crs=header.crs, header=header,
     )
 
 

@@ -3,9 +3,10 @@ with the CPEM conditional prior, sampled with a mean-reverting SDE from the bicu
 upsampling, trained by the shared loop on real imagery (`configs/ediffsr.yaml`).
 
 Training pairs: a real high-resolution tile and its low-resolution version made by the
-chosen degradation: "bicubic" (anti-aliased bicubic downsampling) or "blur_noise_jpeg"
+chosen degradation: "bicubic" (anti-aliased bicubic downsampling), "blur_noise_jpeg"
 (Gaussian blur of random width, downsampling, Gaussian noise, JPEG at random quality; RGB
-only for the JPEG part).
+only for the JPEG part) or "mixed" (each image one or the other, even odds: a model for
+both clean and real-world inputs).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from earthsynth.generation.ediffsr.pipeline import EDiffSRPipeline, EDiffSRPipel
 from earthsynth.generation.ediffsr.scheduler import MeanRevertingScheduler
 from earthsynth.registry import Family
 
+DEGRADATIONS = ("bicubic", "blur_noise_jpeg", "mixed")
+
 __all__ = ["CPEM", "EANet", "NAFBlock", "MeanRevertingScheduler", "EDiffSRPipeline", "EDiffSRPipelineOutput", "degrade",
            "FAMILY"]
 
@@ -46,8 +49,9 @@ class EDiffSRModelConfig:
     diffusion_steps: int = 100
     prediction_type: str = "sample"  # the model predicts x_0 - mu ("sample") or the noise ("epsilon")
     schedule: str = "mean_reverting"  # or "ddpm": plain diffusion of the residual x - bicubic (DDIM sampling)
-    degradation: str = "bicubic"  # or blur_noise_jpeg
+    degradation: str = "bicubic"  # or blur_noise_jpeg, or mixed (each image one of the two)
     regressor: bool = False  # train the same EANet as a one-pass L1 regressor (the benchmark baseline)
+    init_from: str = ""  # an exported ediffsr pipeline folder to fine-tune (its EANet, whatever the sizes above)
     preview_steps: int = 10
 
 
@@ -55,14 +59,23 @@ def build(config) -> dict:
     mc = config.model
     if mc.scale not in (2, 4):
         raise InputError("model.scale", f"must be 2 or 4, got {mc.scale}")
-    if mc.degradation not in ("bicubic", "blur_noise_jpeg"):
-        raise InputError("model.degradation", f"must be bicubic or blur_noise_jpeg, got {mc.degradation!r}")
+    if mc.degradation not in DEGRADATIONS:
+        raise InputError("model.degradation", f"must be one of {', '.join(DEGRADATIONS)}, got {mc.degradation!r}")
     if config.data.tile_size % (mc.scale * 2 ** len(mc.encoder_blocks)):
         raise InputError("data.tile_size", f"must be a multiple of scale x 2^levels = "
                                            f"{mc.scale * 2 ** len(mc.encoder_blocks)}")
-    eanet = EANet(bands=mc.bands, scale=mc.scale, width=mc.width, encoder_blocks=tuple(mc.encoder_blocks),
-                  middle_blocks=mc.middle_blocks, decoder_blocks=tuple(mc.decoder_blocks),
-                  prior_width=mc.prior_width, prior_blocks=mc.prior_blocks)
+    if mc.init_from:
+        folder = Path(mc.init_from)
+        if not (folder / "eanet" / "config.json").exists():
+            raise InputError(folder, "not an exported ediffsr pipeline (no eanet/config.json)")
+        eanet = EANet.from_pretrained(folder / "eanet")
+        if (eanet.config.bands, eanet.config.scale) != (mc.bands, mc.scale):
+            raise InputError(folder, f"its EANet takes {eanet.config.bands} bands at x{eanet.config.scale}, "
+                                     f"the config asks for {mc.bands} bands at x{mc.scale}")
+    else:
+        eanet = EANet(bands=mc.bands, scale=mc.scale, width=mc.width, encoder_blocks=tuple(mc.encoder_blocks),
+                      middle_blocks=mc.middle_blocks, decoder_blocks=tuple(mc.decoder_blocks),
+                      prior_width=mc.prior_width, prior_blocks=mc.prior_blocks)
     if mc.schedule == "mean_reverting":
         scheduler = MeanRevertingScheduler(num_train_timesteps=mc.diffusion_steps, stationary_std=mc.stationary_std,
                                            prediction_type=mc.prediction_type)
@@ -81,7 +94,13 @@ def dataset(config):
 
 
 def degrade(high: torch.Tensor, scale: int, kind: str, generator: torch.Generator | None = None) -> torch.Tensor:
-    """(B, C, H, W) in [0, 1] -> (B, C, H/scale, W/scale) in [0, 1]."""
+    """(B, C, H, W) in [0, 1] -> (B, C, H/scale, W/scale) in [0, 1]; kind one of DEGRADATIONS."""
+    if kind == "mixed":
+        harder = torch.rand(high.shape[0], generator=generator) < 0.5
+        low = degrade(high, scale, "bicubic")
+        if harder.any():
+            low[harder] = degrade(high[harder], scale, "blur_noise_jpeg", generator)
+        return low
     if kind == "bicubic":
         return F.interpolate(high, scale_factor=1 / scale, mode="bicubic", antialias=True).clamp(0, 1)
     out = []
