@@ -175,7 +175,9 @@ def test_training_through_the_shared_loop_exports_a_loadable_pipeline(tmp_path):
     # fine-tuning starts from the export's EANet; a model of another scale is refused
     config.model.init_from = result["final_dir"]
     config.model.degradation = "mixed"
+    config.model.width = 64  # the loaded EANet's width (8) wins, and the config records it
     eanet = FAMILY.build(config)["eanet"]
+    assert config.model.width == 8
     assert all(torch.equal(a, b) for a, b in zip(eanet.state_dict().values(), pipe.eanet.state_dict().values()))
     config.model.scale = 2
     with pytest.raises(InputError, match="x4, the config asks for 3 bands at x2"):

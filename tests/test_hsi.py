@@ -332,10 +332,13 @@ def test_three_training_stages_chain(tmp_path):
     stage2 = load_config(tree={"family": "hsi", "output_dir": str(tmp_path / "s2"),
                                "model": {**small, "autoencoder": str(tmp_path / "ae" / "final")}, **common})
     train(stage2, show_progress=False)
+    # the stage-3 config leaves the sizes at their defaults; the saved config names the loaded ones
     stage3 = load_config(tree={"family": "hsi", "output_dir": str(tmp_path / "s3"),
-                               "model": {**small, "init_from": str(tmp_path / "s2" / "final"),
+                               "model": {"train_bands": [9, 12], "init_from": str(tmp_path / "s2" / "final"),
                                          "noise_kinds": ["mixture"]}, **common})
     result = train(stage3, show_progress=False)
+    recorded = load_config(Path(result["final_dir"]) / "train_config.yaml").model
+    assert (recorded.latent_channels, recorded.denoiser_width, recorded.condition_channels) == (2, 8, 2)
     pipe = HSIDenoisePipeline.from_pretrained(result["final_dir"])
     # the autoencoder stays frozen through stages 2 and 3
     for name, tensor in pipe.autoencoder.state_dict().items():

@@ -51,7 +51,7 @@ class EDiffSRModelConfig:
     schedule: str = "mean_reverting"  # or "ddpm": plain diffusion of the residual x - bicubic (DDIM sampling)
     degradation: str = "bicubic"  # or blur_noise_jpeg, or mixed (each image one of the two)
     regressor: bool = False  # train the same EANet as a one-pass L1 regressor (the benchmark baseline)
-    init_from: str = ""  # an exported ediffsr pipeline folder to fine-tune (its EANet, whatever the sizes above)
+    init_from: str = ""  # an exported ediffsr pipeline folder to fine-tune (its EANet; the sizes above follow it)
     preview_steps: int = 10
 
 
@@ -61,9 +61,6 @@ def build(config) -> dict:
         raise InputError("model.scale", f"must be 2 or 4, got {mc.scale}")
     if mc.degradation not in DEGRADATIONS:
         raise InputError("model.degradation", f"must be one of {', '.join(DEGRADATIONS)}, got {mc.degradation!r}")
-    if config.data.tile_size % (mc.scale * 2 ** len(mc.encoder_blocks)):
-        raise InputError("data.tile_size", f"must be a multiple of scale x 2^levels = "
-                                           f"{mc.scale * 2 ** len(mc.encoder_blocks)}")
     if mc.init_from:
         folder = Path(mc.init_from)
         if not (folder / "eanet" / "config.json").exists():
@@ -72,10 +69,17 @@ def build(config) -> dict:
         if (eanet.config.bands, eanet.config.scale) != (mc.bands, mc.scale):
             raise InputError(folder, f"its EANet takes {eanet.config.bands} bands at x{eanet.config.scale}, "
                                      f"the config asks for {mc.bands} bands at x{mc.scale}")
+        # the saved config describes the loaded EANet, not the sizes the config file named
+        ec = eanet.config
+        mc.width, mc.encoder_blocks, mc.middle_blocks = ec.width, list(ec.encoder_blocks), ec.middle_blocks
+        mc.decoder_blocks, mc.prior_width, mc.prior_blocks = list(ec.decoder_blocks), ec.prior_width, ec.prior_blocks
     else:
         eanet = EANet(bands=mc.bands, scale=mc.scale, width=mc.width, encoder_blocks=tuple(mc.encoder_blocks),
                       middle_blocks=mc.middle_blocks, decoder_blocks=tuple(mc.decoder_blocks),
                       prior_width=mc.prior_width, prior_blocks=mc.prior_blocks)
+    if config.data.tile_size % (mc.scale * 2 ** len(mc.encoder_blocks)):
+        raise InputError("data.tile_size", f"must be a multiple of scale x 2^levels = "
+                                           f"{mc.scale * 2 ** len(mc.encoder_blocks)}")
     if mc.schedule == "mean_reverting":
         scheduler = MeanRevertingScheduler(num_train_timesteps=mc.diffusion_steps, stationary_std=mc.stationary_std,
                                            prediction_type=mc.prediction_type)

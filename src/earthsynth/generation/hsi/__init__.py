@@ -198,11 +198,27 @@ def build(config) -> dict:
                              subspace_ranks=tuple(mc.subspace_ranks), base_rank=mc.base_rank,
                              outlier_threshold=mc.outlier_threshold, eigenimage_rank=mc.eigenimage_rank,
                              eigenimage_channels=mc.eigenimage_channels, detector_channels=mc.detector_channels)
+    record_loaded_sizes(mc, autoencoder, condition_encoder, denoiser, refiner)
     autoencoder.requires_grad_(False).eval()
     scheduler = DDPMScheduler(num_train_timesteps=mc.diffusion_steps, beta_schedule="squaredcos_cap_v2",
                               prediction_type="sample", clip_sample=False)
     return {"autoencoder": autoencoder, "condition_encoder": condition_encoder, "denoiser": denoiser,
             "refiner": refiner, "scheduler": scheduler, "config": config}
+
+
+def record_loaded_sizes(mc: HSIModelConfig, autoencoder, condition_encoder, denoiser, refiner) -> None:
+    """Copy the sizes of the modules as built (loaded ones keep their own) into the model
+    config, so the run's saved config describes the model it trained, not the defaults."""
+    ae = autoencoder.config
+    mc.latent_channels, mc.base_channels, mc.hidden_channels = ae.latent_channels, ae.base_channels, ae.hidden_channels
+    mc.blocks, mc.decoder_channels = ae.blocks, ae.decoder_channels
+    mc.condition_channels = condition_encoder.config.out_channels
+    mc.denoiser_width, mc.denoiser_blocks = denoiser.config.width, denoiser.config.blocks_per_level
+    rc = refiner.config
+    mc.refiner_channels, mc.refiner_blocks = rc.channels, rc.blocks
+    mc.subspace_ranks, mc.base_rank, mc.outlier_threshold = list(rc.subspace_ranks), rc.base_rank, rc.outlier_threshold
+    mc.eigenimage_rank, mc.eigenimage_channels = rc.eigenimage_rank, rc.eigenimage_channels
+    mc.detector_channels = rc.detector_channels
 
 
 def noisy_pairs(batch: dict, config) -> tuple[torch.Tensor, torch.Tensor]:
