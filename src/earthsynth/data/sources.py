@@ -116,22 +116,20 @@ def deepforest_images() -> list[SourceImage]:
 
 def deepforest_unlabelled_val() -> SourceImage:
     """SOAP_031: a deepforest image without boxes, split "val"."""
-    path = deepforest_dir() / f"{DEEPFOREST_UNLABELLED_VAL}.png"
-    header = read_header(path)
-    return SourceImage(
-        image_id=DEEPFOREST_UNLABELLED_VAL, source="deepforest", path=path, split="val", gsd=DEEPFOREST_GSD,
-        description=f"NEON airborne RGB orthophoto, {NEON_SITES['SOAP']}", crs=header.crs, header=header,
-    )
+    return unlabelled_deepforest_image(f"{DEEPFOREST_UNLABELLED_VAL}.png", "val", DEEPFOREST_GSD,
+                                       f"NEON airborne RGB orthophoto, {NEON_SITES['SOAP']}")
 
 
 def deepforest_drone_test() -> SourceImage:
     """The drone photo of a bird colony, split "test" (see DEEPFOREST_DRONE_TEST)."""
-    path = deepforest_dir() / f"{DEEPFOREST_DRONE_TEST}.JPG"
+    return unlabelled_deepforest_image(f"{DEEPFOREST_DRONE_TEST}.JPG", "test", None, "drone RGB photo of a bird colony")
+
+
+def unlabelled_deepforest_image(file_name: str, split: str, gsd: float | None, description: str) -> SourceImage:
+    path = deepforest_dir() / file_name
     header = read_header(path)
-    return SourceImage(
-        image_id=DEEPFOREST_DRONE_TEST.replace(" ", "_"), source="deepforest", path=path, split="test", gsd=None,
-        description="drone RGB photo of a bird colony", crs=header.crs, header=header,
-    )
+    return SourceImage(image_id=Path(file_name).stem.replace(" ", "_"), source="deepforest", path=path, split=split,
+                       gsd=gsd, description=description, crs=header.crs, header=header)
 
 
 def raster_sources() -> list[SourceImage]:
