@@ -247,6 +247,12 @@ class Boxes:
         rboxes[:, 4] = normalize_angle(-rboxes[:, 4])
         return Boxes(rboxes, list(self.labels), self.rotated, self.difficult.copy())
 
+    def transpose(self) -> Boxes:
+        """The boxes of the image mirrored on its main diagonal (x <-> y)."""
+        rboxes = self.rboxes[:, [1, 0, 3, 2, 4]].copy()
+        rboxes[:, 4] = normalize_angle(-rboxes[:, 4])
+        return Boxes(rboxes, list(self.labels), self.rotated, self.difficult.copy())
+
     def clip(self, x0: float, y0: float, x1: float, y1: float, min_visible: float = 0.5) -> tuple[Boxes, np.ndarray]:
         """Cut the boxes to the window [x0, x1] x [y0, y1] and move them into its coordinates.
 

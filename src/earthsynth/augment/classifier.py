@@ -30,6 +30,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from earthsynth.boxes import Boxes
+from earthsynth.data.flips import random_flips
 from earthsynth.data.tiles import RealTiles, Tile
 from earthsynth.errors import InputError
 from earthsynth.registry import Family
@@ -285,14 +286,6 @@ def dataset(config) -> CropDataset:
     return CropDataset(crops, labels, mc.class_names, source=f"data split {dc.split}")
 
 
-def augment(crops: torch.Tensor) -> torch.Tensor:
-    """A random one of the 8 flips / quarter turns per crop (top-down views have no 'up')."""
-    turns = torch.randint(0, 4, (len(crops),)).tolist()
-    flips = (torch.rand(len(crops)) < 0.5).tolist()
-    out = [torch.rot90(c, k, dims=(1, 2)) for c, k in zip(crops, turns)]
-    return torch.stack([c.flip(-1) if f else c for c, f in zip(out, flips)])
-
-
 def jitter_colors(crops: torch.Tensor, strength: float) -> torch.Tensor:
     """Random brightness, contrast and saturation per crop, each scaled by up to +-strength."""
     n = len(crops)
@@ -324,7 +317,7 @@ def loss(components: dict, batch: dict) -> torch.Tensor:
     mc = components["config"].model
     crops = batch["crop"]
     if components["config"].data.hflip:
-        crops = augment(crops)
+        crops = random_flips(crops, transpose=True)
     if mc.color_jitter > 0:
         crops = jitter_colors(crops, mc.color_jitter)
     if mc.low_resolution > 0:

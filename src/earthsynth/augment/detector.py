@@ -36,6 +36,7 @@ from torch import nn
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
 from earthsynth.boxes import Boxes, normalize_angle
+from earthsynth.data.flips import random_flips
 from earthsynth.data.common import one_line
 from earthsynth.data.schema import Sample, image_to_tensor
 from earthsynth.data.tiles import RealTiles
@@ -452,32 +453,11 @@ def collate(samples: list[Sample]) -> dict:
 
 
 # ----------------------------------------------------------------------------- training
-def transpose_boxes(boxes: Boxes) -> Boxes:
-    """Boxes of the image mirrored on its main diagonal (x <-> y)."""
-    rboxes = boxes.rboxes[:, [1, 0, 3, 2, 4]].copy()
-    rboxes[:, 4] = normalize_angle(-rboxes[:, 4])
-    return Boxes(rboxes, list(boxes.labels), boxes.rotated, boxes.difficult.copy())
-
-
 def augment(images: torch.Tensor, boxes_list: list[Boxes], color_jitter: float) -> tuple[torch.Tensor, list[Boxes]]:
     """Random flips, transposes (with the flips: all 8 right-angle rotations and mirrors, for
     square batches) and colour jitter, drawn from torch's global RNG (so resumes are exact)."""
     height, width = images.shape[-2:]
-    out_images, out_boxes = [], []
-    for image, boxes in zip(images, boxes_list):
-        flips = torch.rand(3).lt(0.5).tolist()
-        if flips[0] and height == width:
-            image = image.transpose(-1, -2)
-            boxes = transpose_boxes(boxes)
-        if flips[1]:
-            image = image.flip(-1)
-            boxes = boxes.hflip(width)
-        if flips[2]:
-            image = image.flip(-2)
-            boxes = boxes.vflip(height)
-        out_images.append(image)
-        out_boxes.append(boxes)
-    images = torch.stack(out_images)
+    images, out_boxes = random_flips(images, boxes_list, transpose=height == width)
     if color_jitter > 0:
         jitter = (torch.rand(3, images.shape[0], 1, 1, 1) * 2 - 1) * color_jitter + 1
         brightness, contrast, saturation = jitter

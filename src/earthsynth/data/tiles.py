@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -16,6 +17,7 @@ from earthsynth.data.captions import land_cover_phrase, make_caption
 from earthsynth.data.geotiff import read_geotiff, to_uint8_rgb
 from earthsynth.data.schema import Sample, image_to_tensor
 from earthsynth.data.sources import SourceImage, deepforest_images, raster_sources
+from earthsynth.errors import InputError
 
 LANDSAT_BANDS = ("blue", "green", "red", "nir", "swir1", "swir2")  # ETM+ bands 1-5 and 7
 
@@ -150,6 +152,36 @@ class RealTiles(Dataset):
             image_id=f"{image.image_id}_x{x0}_y{y0}_f{tile.factor}",
             path=str(image.path),
         )
+
+
+class GSDBalancedTiles(Dataset):
+    """Tiles repeated so that every ground sample distance has as many samples as the most
+    frequent one; the 0.1 m deepforest tiles would otherwise outnumber a whole Landsat scene
+    fifty to one. `weights` (GSD -> factor) gives a GSD that many times the samples of the
+    others, for a stage that trains where the model is weakest."""
+
+    def __init__(self, tiles: RealTiles, weights: dict | None = None):
+        self.tiles = tiles
+        groups = defaultdict(list)
+        for i, tile in enumerate(tiles.tiles):
+            groups[None if tile.gsd is None else round(tile.gsd, 3)].append(i)
+        weights = {round(float(gsd), 3): float(factor) for gsd, factor in (weights or {}).items()}
+        unknown = sorted(set(weights) - set(groups))
+        if unknown:
+            known = ", ".join(f"{g:g}" for g in sorted(g for g in groups if g is not None))
+            raise InputError("model.gsd_weights", f"no training tiles at GSD {unknown} m/px (the data has {known})")
+        if any(factor <= 0 for factor in weights.values()):
+            raise InputError("model.gsd_weights", "weights must be > 0")
+        largest = max(len(g) for g in groups.values())
+        self.indices = [g[k % len(g)] for gsd, g in groups.items()
+                        for k in range(round(largest * weights.get(gsd, 1.0)))]
+        self.gsds = sorted(groups, key=lambda g: -1 if g is None else g)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int):
+        return self.tiles[self.indices[index]]
 
 
 def collate_samples(samples: list[Sample]) -> dict:

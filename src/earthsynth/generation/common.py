@@ -171,3 +171,82 @@ def guidance_passes(guidance_scale: float, condition_scale: float | None) -> lis
     if guidance_scale != 1.0 or condition_scale is not None:
         passes.append("none")
     return passes
+
+
+# --- diffusers' pipeline conventions, shared by the five pipelines -------------------------
+# (StableDiffusionPipeline's behaviour: num_images_per_prompt, latents=, callback_on_step_end,
+# return_dict), written once here instead of once per pipeline.
+
+
+def per_image(values: list, num_images_per_prompt: int) -> list:
+    """Each prompt's value repeated num_images_per_prompt times, prompt by prompt (diffusers'
+    order: [p0, p0, p1, p1] for two images per prompt)."""
+    if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+        raise ValueError(f"num_images_per_prompt must be a positive integer, got {num_images_per_prompt!r}")
+    return [value for value in values for _ in range(num_images_per_prompt)]
+
+
+def prepare_latents(shape: tuple[int, ...], generator, device, dtype, init_noise_sigma: float,
+                    latents: torch.Tensor | None = None) -> torch.Tensor:
+    """The starting latents: the caller's `latents` (checked against `shape`) or fresh noise,
+    scaled by the scheduler's initial sigma as diffusers does for both."""
+    if latents is None:
+        latents = initial_noise(shape, generator, device, dtype)
+    else:
+        if tuple(latents.shape) != tuple(shape):
+            raise ValueError(f"latents must have shape {tuple(shape)}, got {tuple(latents.shape)}")
+        latents = latents.to(device, dtype)
+    return latents * init_noise_sigma
+
+
+def callback_tensor_names(callback, tensor_inputs: list[str] | None, allowed: list[str]) -> list[str]:
+    """The tensors `callback_on_step_end` is given, checked against what the pipeline offers.
+    A diffusers PipelineCallback brings its own list."""
+    from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+
+    if isinstance(callback, (PipelineCallback, MultiPipelineCallbacks)):
+        tensor_inputs = callback.tensor_inputs
+    names = list(tensor_inputs or [])
+    unknown = [name for name in names if name not in allowed]
+    if unknown:
+        raise ValueError(f"callback_on_step_end_tensor_inputs {unknown} are not offered; choose from {allowed}")
+    if callback is not None and not callable(callback):
+        raise ValueError("callback_on_step_end must be callable")
+    return names
+
+
+def step_callback(pipe, callback, names: list[str], step: int, timestep, values: dict) -> dict:
+    """diffusers' `callback_on_step_end(pipe, step, timestep, {name: tensor})`: the tensors the
+    callback returns replace the pipeline's own (so a callback can change the latents)."""
+    if callback is None:
+        return values
+    returned = callback(pipe, step, timestep, {name: values[name] for name in names}) or {}
+    return {**values, **{name: value for name, value in returned.items() if name in values}}
+
+
+def check_scale(name: str, value, allow_none: bool = False) -> None:
+    """A guidance scale: a finite number >= 0 (or None where that means "off")."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
+class TextModelMixin:
+    """The text encoder of a pipeline: named by its folder in the pipeline's config
+    (`text_model`, "" = the bundled MiniLM) and loaded on first use, because it is not saved
+    with the checkpoint (the bundled one is 90 MB). Training hands its own in with
+    set_text_conditioner."""
+
+    _text_conditioner = None
+
+    @property
+    def text_conditioner(self):
+        if self._text_conditioner is None:
+            from earthsynth.conditioning.text import TextConditioner
+
+            self._text_conditioner = TextConditioner.from_pretrained(self.config.text_model or None)
+        return self._text_conditioner
+
+    def set_text_conditioner(self, conditioner) -> None:
+        self._text_conditioner = conditioner

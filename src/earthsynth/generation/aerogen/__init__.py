@@ -19,6 +19,7 @@ from diffusers import DPMSolverMultistepScheduler
 from earthsynth.boxes import Boxes
 from earthsynth.conditioning import ConditionDropout, LayoutEncoder, TextConditioner
 from earthsynth.conditioning.layout import layout_from_boxes
+from earthsynth.data.flips import random_flips
 from earthsynth.data.tiles import RealTiles, collate_samples
 from earthsynth.errors import InputError
 from earthsynth.generation.aerogen.model import AeroGenUNet, encode_layout
@@ -102,20 +103,6 @@ def class_embeddings(components: dict, labels: list[list[str]]) -> torch.Tensor:
         table.update(zip(missing, pooled))
     zero = torch.zeros(components["text"].dim)
     return torch.stack([torch.stack([table.get(label, zero) for label in row]) for row in labels])
-
-
-def random_flips(images: torch.Tensor, boxes: list[Boxes]) -> tuple[torch.Tensor, list[Boxes]]:
-    """Flip each image (and its boxes) horizontally and/or vertically at random."""
-    height, width = images.shape[-2:]
-    out_images, out_boxes = [], []
-    for image, b in zip(images, boxes):
-        if torch.rand(()) < 0.5:
-            image, b = image.flip(-1), b.hflip(width)
-        if torch.rand(()) < 0.5:
-            image, b = image.flip(-2), b.vflip(height)
-        out_images.append(image)
-        out_boxes.append(b)
-    return torch.stack(out_images), out_boxes
 
 
 def loss(components: dict, batch: dict) -> torch.Tensor:

@@ -21,6 +21,7 @@ from diffusers import DPMSolverMultistepScheduler
 
 from earthsynth.conditioning import ConditionDropout, ControlAdapter, TextConditioner
 from earthsynth.conditioning.scalars import SCALAR_FIELDS, scalar_values
+from earthsynth.data.flips import random_flips
 from earthsynth.data.control_tiles import CONTROL_CHANNELS, ControlTiles
 from earthsynth.data.tiles import collate_samples
 from earthsynth.generation.common import to_pil
@@ -30,7 +31,6 @@ from earthsynth.generation.metadata_unet import (
     init_from_pretrained_unet,
     unet_block_types,
 )
-from earthsynth.generation.text2earth import random_flips
 from earthsynth.registry import Family
 from earthsynth.training.objective import DiffusionObjective, make_noise_scheduler
 

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler
 from PIL import Image
 
+from earthsynth.data.flips import random_flips
 from earthsynth.data.tiles import RealTiles, collate_samples
 from earthsynth.errors import InputError
 from earthsynth.generation.common import to_pil
@@ -131,20 +132,10 @@ def degrade(high: torch.Tensor, scale: int, kind: str, generator: torch.Generato
     return torch.stack(out)
 
 
-def random_flips(images: torch.Tensor) -> torch.Tensor:
-    if torch.rand(()) < 0.5:
-        images = images.flip(-1)
-    if torch.rand(()) < 0.5:
-        images = images.flip(-2)
-    if torch.rand(()) < 0.5:
-        images = images.transpose(-1, -2)
-    return images
-
-
 def loss(components: dict, batch: dict) -> torch.Tensor:
     mc = components["config"].model
     eanet, scheduler = components["eanet"], components["scheduler"]
-    high = random_flips(batch["image"][:, : mc.bands].float())
+    high = random_flips(batch["image"][:, : mc.bands].float(), transpose=True)
     low = degrade(high.cpu(), mc.scale, mc.degradation).to(high.device)
     high, low = high * 2 - 1, low * 2 - 1
     condition = eanet.condition(low)

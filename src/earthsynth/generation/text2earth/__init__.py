@@ -21,7 +21,8 @@ from diffusers import DPMSolverMultistepScheduler
 from torch.utils.data import Dataset
 
 from earthsynth.conditioning import ConditionDropout, TextConditioner
-from earthsynth.data.tiles import RealTiles, collate_samples
+from earthsynth.data.flips import random_flips
+from earthsynth.data.tiles import GSDBalancedTiles, RealTiles, collate_samples
 from earthsynth.errors import InputError
 from earthsynth.generation.common import gsd_values, to_pil
 from earthsynth.generation.metadata_unet import (
@@ -33,7 +34,7 @@ from earthsynth.generation.text2earth.pipeline import Text2EarthPipeline, Text2E
 from earthsynth.registry import Family
 from earthsynth.training.objective import DiffusionObjective, make_noise_scheduler
 
-__all__ = ["Text2EarthPipeline", "Text2EarthPipelineOutput", "Text2EarthModelConfig", "FAMILY", "random_flips"]
+__all__ = ["Text2EarthPipeline", "Text2EarthPipelineOutput", "Text2EarthModelConfig", "FAMILY"]
 
 
 @dataclass
@@ -52,36 +53,6 @@ class Text2EarthModelConfig:
     # with balance_gsd: GSD (m/px) -> how many times as often as a GSD not listed, e.g. {0.1: 2.0}
     gsd_weights: dict = field(default_factory=dict)
     preview_steps: int = 20
-
-
-class GSDBalancedTiles(Dataset):
-    """Tiles repeated so that every ground sample distance has as many samples as the most
-    frequent one; the 0.1 m deepforest tiles would otherwise outnumber a whole Landsat scene
-    fifty to one. `weights` (GSD -> factor) gives a GSD that many times the samples of the
-    others, for a stage that trains where the model is weakest."""
-
-    def __init__(self, tiles: RealTiles, weights: dict | None = None):
-        self.tiles = tiles
-        groups = defaultdict(list)
-        for i, tile in enumerate(tiles.tiles):
-            groups[None if tile.gsd is None else round(tile.gsd, 3)].append(i)
-        weights = {round(float(gsd), 3): float(factor) for gsd, factor in (weights or {}).items()}
-        unknown = sorted(set(weights) - set(groups))
-        if unknown:
-            known = ", ".join(f"{g:g}" for g in sorted(g for g in groups if g is not None))
-            raise InputError("model.gsd_weights", f"no training tiles at GSD {unknown} m/px (the data has {known})")
-        if any(factor <= 0 for factor in weights.values()):
-            raise InputError("model.gsd_weights", "weights must be > 0")
-        largest = max(len(g) for g in groups.values())
-        self.indices = [g[k % len(g)] for gsd, g in groups.items()
-                        for k in range(round(largest * weights.get(gsd, 1.0)))]
-        self.gsds = sorted(groups, key=lambda g: -1 if g is None else g)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, index: int):
-        return self.tiles[self.indices[index]]
 
 
 def build(config) -> dict:
@@ -112,15 +83,6 @@ def dataset(config):
     tiles = RealTiles(split=dc.split, tile_size=dc.tile_size, sources=dc.sources, gsd_factors=dc.gsd_factors,
                       overlap=dc.overlap, caption_gsd=False)
     return GSDBalancedTiles(tiles, config.model.gsd_weights) if config.model.balance_gsd else tiles
-
-
-def random_flips(images: torch.Tensor) -> torch.Tensor:
-    """Flip each image horizontally and/or vertically at random (nadir views have no up)."""
-    batch = images.shape[0]
-    horizontal = (torch.rand(batch) < 0.5).view(batch, 1, 1, 1)
-    vertical = (torch.rand(batch) < 0.5).view(batch, 1, 1, 1)
-    images = torch.where(horizontal, images.flip(-1), images)
-    return torch.where(vertical, images.flip(-2), images)
 
 
 def loss(components: dict, batch: dict) -> torch.Tensor:
