@@ -50,7 +50,9 @@ class TrainConfig:
     adam_beta2: float = 0.999
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0  # 0 turns clipping off
-    mixed_precision: str = "no"  # no, bf16 (works on CPUs with AMX/AVX512-bf16), fp16 (GPU)
+    # no, bf16 (works on CPUs with AMX/AVX512-bf16), fp16 (GPU); "" = the launcher's
+    # (accelerate launch --mixed_precision), else no. A launcher asking for another is refused.
+    mixed_precision: str = ""
     ema_decay: float = 0.0  # 0 turns EMA off; e.g. 0.999
     prediction_type: str = "epsilon"  # epsilon or v_prediction
     snr_gamma: float = 0.0  # 0 = plain MSE; 5.0 = min-SNR weighting (Hang et al. 2023)
@@ -62,7 +64,7 @@ class TrainConfig:
     log_every: int = 10
     logger: str = "csv"  # csv or tensorboard (csv is always written)
     resume: str = ""  # "", "latest" or a checkpoint folder
-    num_workers: int = 0
+    num_workers: int = 0  # DataLoader processes that load and collate batches; 0 = the training process
 
 
 @dataclass

@@ -10,6 +10,7 @@ disjoint shard of every epoch.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import sys
 import time
@@ -21,6 +22,7 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from diffusers.optimization import get_scheduler
 from torch import nn
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from earthsynth.config import RunConfig, save_config
@@ -61,6 +63,46 @@ def epoch_batches(num_samples: int, batch_size: int, seed: int, epoch: int, rank
     order = torch.randperm(num_samples, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
     mine = order[rank::world]
     return [mine[i:i + batch_size] for i in range(0, len(mine) - batch_size + 1, batch_size)]
+
+
+class BatchOrder:
+    """`epoch_batches` of every epoch from micro-step `start` on, without end: the batch sampler
+    of the loop's DataLoader. Its workers only load and collate the samples named here (a
+    family's dataset is deterministic per index; random augmentation belongs in the loss, on
+    the RNG the checkpoints save), so any num_workers reads the same batches and a resume
+    starts at the right one."""
+
+    def __init__(self, num_samples: int, batch_size: int, seed: int, rank: int, world: int, start: int):
+        self.draw = lambda epoch: epoch_batches(num_samples, batch_size, seed, epoch, rank, world)
+        self.per_epoch = len(self.draw(0))
+        self.start = start
+
+    def __iter__(self):
+        epoch, position = divmod(self.start, self.per_epoch)
+        while True:
+            yield from self.draw(epoch)[position:]
+            epoch, position = epoch + 1, 0
+
+
+MIXED_PRECISION = ("no", "fp16", "bf16", "fp8")
+
+
+def resolve_mixed_precision(configured: str) -> str:
+    """The precision to train in: the config's, else the launcher's (`accelerate launch
+    --mixed_precision X` sets ACCELERATE_MIXED_PRECISION), else no. A launcher asking for another
+    precision than the config's is refused, never silently overridden; its "no" is also
+    accelerate launch's default when the flag is not given, so it counts as no request."""
+    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "").lower() or "no"
+    for where, value in (("train.mixed_precision", configured), ("ACCELERATE_MIXED_PRECISION", launcher)):
+        if value and value not in MIXED_PRECISION:
+            raise InputError(where, f"must be one of {', '.join(MIXED_PRECISION)}, got {value!r}")
+    if not configured:
+        return launcher
+    if launcher not in ("no", configured):
+        raise InputError("train.mixed_precision", f"the config says {configured} but the launcher asks for {launcher} "
+                                                  "(accelerate launch --mixed_precision); make them agree, or leave "
+                                                  "train.mixed_precision empty to take the launcher's")
+    return configured
 
 
 def resolve_resume(config: RunConfig) -> Path | None:
@@ -111,6 +153,9 @@ def save_preview(family: Family, components: dict, config: RunConfig, path: Path
 def train(config: RunConfig, command: str = "", show_progress: bool = True) -> dict:
     """Train `config`; returns {"losses": [(step, loss)...], "output_dir", "final_dir"}."""
     family = get_family(config.family)
+    # the saved config records the precision the run really used
+    precision = resolve_mixed_precision(config.train.mixed_precision)
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, mixed_precision=precision))
     tc = config.train
     output_dir = Path(config.output_dir)
     # a second train() in the same process (tests, notebooks) may ask for other precision
@@ -120,7 +165,7 @@ def train(config: RunConfig, command: str = "", show_progress: bool = True) -> d
     several_cpu_processes = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
     accelerator = Accelerator(
         cpu=several_cpu_processes,
-        mixed_precision=tc.mixed_precision,
+        mixed_precision=precision,
         gradient_accumulation_steps=tc.gradient_accumulation_steps,
         log_with="tensorboard" if tc.logger == "tensorboard" else None,
         project_dir=str(output_dir),
@@ -141,16 +186,19 @@ def train(config: RunConfig, command: str = "", show_progress: bool = True) -> d
     ema = EMA(unwrapped.trainable, tc.ema_decay) if tc.ema_decay > 0 else None
 
     rank, world = accelerator.process_index, accelerator.num_processes
+    if tc.num_workers < 0:
+        raise InputError("train.num_workers", f"must be 0 (load in the training process) or more, got {tc.num_workers}")
     batches_per_epoch = len(epoch_batches(len(dataset), tc.batch_size, tc.seed, 0, rank, world))
     if batches_per_epoch == 0:
         raise InputError(config.family, f"dataset has {len(dataset)} samples, fewer than batch_size x processes "
                                         f"= {tc.batch_size * world}")
 
-    step, micro_step = 0, 0
+    step, micro_step, seconds_before = 0, 0, 0.0
     resume_from = resolve_resume(config)
     if resume_from is not None:
         counters = load_checkpoint(resume_from, unwrapped.trainable, ema, optimizer, lr_scheduler, rank)
         step, micro_step = counters["step"], counters["micro_step"]
+        seconds_before = counters.get("seconds", 0.0)  # the log's time column goes on from there
         accelerator.print(f"resumed from {resume_from} at step {step}")
     else:
         set_seed(tc.seed + rank)  # per-process noise streams
@@ -165,67 +213,72 @@ def train(config: RunConfig, command: str = "", show_progress: bool = True) -> d
     if tc.logger == "tensorboard":
         accelerator.init_trackers(config.family)
 
+    # its own generator for worker seeds: the global RNG stays the loss's alone, as without a loader
+    loader = DataLoader(dataset, batch_sampler=BatchOrder(len(dataset), tc.batch_size, tc.seed, rank, world, micro_step),
+                        collate_fn=family.collate, num_workers=tc.num_workers, generator=torch.Generator().manual_seed(tc.seed))
+    batches = iter(loader)
     losses: list[tuple[int, float]] = []
     progress = tqdm(total=tc.max_steps, initial=step, desc=f"train {config.family}",
                     disable=not (show_progress and accelerator.is_main_process), file=sys.stderr)
     started = time.time()
     running_loss, running_count, grad_norm = 0.0, 0, float("nan")
     model.train()
-    batches_epoch, batches = -1, []
-    while step < tc.max_steps:
-        epoch, position = divmod(micro_step, batches_per_epoch)
-        if epoch != batches_epoch:  # the order of an epoch is drawn once
-            batches_epoch, batches = epoch, epoch_batches(len(dataset), tc.batch_size, tc.seed, epoch, rank, world)
-        batch = family.collate([dataset[i] for i in batches[position]])
-        with accelerator.accumulate(model):
-            loss = model(batch)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower the learning rate")
-            accelerator.backward(loss)
-            if accelerator.sync_gradients and tc.max_grad_norm > 0:
-                grad_norm = float(accelerator.clip_grad_norm_(params, tc.max_grad_norm))
-            optimizer.step()  # accelerate skips it until the last micro-step of the accumulation
-            optimizer.zero_grad(set_to_none=True)
-        micro_step += 1
-        running_loss += loss.detach().float().item()
-        running_count += 1
-        if not accelerator.sync_gradients:
-            continue
+    try:
+        while step < tc.max_steps:
+            epoch = micro_step // batches_per_epoch
+            batch = next(batches)
+            with accelerator.accumulate(model):
+                loss = model(batch)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower the learning rate")
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and tc.max_grad_norm > 0:
+                    grad_norm = float(accelerator.clip_grad_norm_(params, tc.max_grad_norm))
+                optimizer.step()  # accelerate skips it until the last micro-step of the accumulation
+                optimizer.zero_grad(set_to_none=True)
+            micro_step += 1
+            running_loss += loss.detach().float().item()
+            running_count += 1
+            if not accelerator.sync_gradients:
+                continue
 
-        # one optimizer step done
-        lr_scheduler.step()
-        step += 1
-        if ema is not None:
-            ema.update(unwrapped.trainable)
-        mean_loss = accelerator.reduce(torch.tensor(running_loss / running_count, device=accelerator.device), "mean").item()
-        running_loss, running_count = 0.0, 0
-        losses.append((step, mean_loss))
-        progress.update(1)
-        progress.set_postfix(loss=f"{mean_loss:.4f}")
-        if accelerator.is_main_process and (step % tc.log_every == 0 or step == tc.max_steps or step == 1):
-            row = {"step": step, "loss": f"{mean_loss:.6f}", "lr": f"{lr_scheduler.get_last_lr()[0]:.3e}",
-                   "grad_norm": f"{grad_norm:.4f}", "seconds": f"{time.time() - started:.2f}"}
-            metrics.write(row)
-            if tc.logger == "tensorboard":
-                accelerator.log({"loss": mean_loss, "lr": lr_scheduler.get_last_lr()[0], "grad_norm": grad_norm}, step=step)
+            # one optimizer step done
+            lr_scheduler.step()
+            step += 1
+            if ema is not None:
+                ema.update(unwrapped.trainable)
+            mean_loss = accelerator.reduce(torch.tensor(running_loss / running_count, device=accelerator.device), "mean").item()
+            running_loss, running_count = 0.0, 0
+            losses.append((step, mean_loss))
+            progress.update(1)
+            progress.set_postfix(loss=f"{mean_loss:.4f}")
+            if accelerator.is_main_process and (step % tc.log_every == 0 or step == tc.max_steps or step == 1):
+                row = {"step": step, "loss": f"{mean_loss:.6f}", "lr": f"{lr_scheduler.get_last_lr()[0]:.3e}",
+                       "grad_norm": f"{grad_norm:.4f}", "seconds": f"{seconds_before + time.time() - started:.2f}"}
+                metrics.write(row)
+                if tc.logger == "tensorboard":
+                    accelerator.log({"loss": mean_loss, "lr": lr_scheduler.get_last_lr()[0], "grad_norm": grad_norm}, step=step)
 
-        if step % tc.checkpoint_every == 0 or step == tc.max_steps:
-            directory = output_dir / "checkpoints" / f"step-{step:06d}"
-            if accelerator.is_main_process:
-                save_checkpoint(directory, unwrapped.trainable.state_dict(),
-                                ema.state_dict() if ema is not None else None, optimizer, lr_scheduler,
-                                {"step": step, "micro_step": micro_step, "epoch": epoch})
-            accelerator.wait_for_everyone()
-            if not accelerator.is_main_process:
-                save_rng(directory, rank)
-            accelerator.wait_for_everyone()
-            if accelerator.is_main_process:
-                prune_checkpoints(output_dir / "checkpoints", tc.keep_checkpoints)
+            if step % tc.checkpoint_every == 0 or step == tc.max_steps:
+                directory = output_dir / "checkpoints" / f"step-{step:06d}"
+                if accelerator.is_main_process:
+                    save_checkpoint(directory, unwrapped.trainable.state_dict(),
+                                    ema.state_dict() if ema is not None else None, optimizer, lr_scheduler,
+                                    {"step": step, "micro_step": micro_step, "epoch": epoch,
+                                     "seconds": seconds_before + time.time() - started})
+                accelerator.wait_for_everyone()
+                if not accelerator.is_main_process:
+                    save_rng(directory, rank)
+                accelerator.wait_for_everyone()
+                if accelerator.is_main_process:
+                    prune_checkpoints(output_dir / "checkpoints", tc.keep_checkpoints)
 
-        if family.preview is not None and accelerator.is_main_process and tc.preview_every and step % tc.preview_every == 0:
-            preview_path = output_dir / "previews" / f"step-{step:06d}.png"
-            _with_ema(ema, unwrapped, lambda path=preview_path: save_preview(family, unwrapped.components(), config, path))
-    progress.close()
+            if family.preview is not None and accelerator.is_main_process and tc.preview_every and step % tc.preview_every == 0:
+                preview_path = output_dir / "previews" / f"step-{step:06d}.png"
+                _with_ema(ema, unwrapped, lambda path=preview_path: save_preview(family, unwrapped.components(), config, path))
+    finally:  # Ctrl+C included: the bar ends its line before anything is printed after it
+        progress.close()
+        del batches  # stops the loader's workers
     seconds = time.time() - started
 
     final_dir = output_dir / "final"
