@@ -42,10 +42,26 @@ def test_bad_config_is_one_line_naming_the_file(tmp_path, capsys):
     assert "\n" not in err and "typo.yaml" in err and "did you mean 'tile_size'" in err
 
 
-def test_unbuilt_subcommands_exit_2():
-    done = subprocess.run([sys.executable, "-m", "earthsynth.cli", "bench", "--quick"], capture_output=True,
-                          text=True)
-    assert done.returncode == 2 and "not built yet" in done.stderr
+def test_version_and_bench(tmp_path, capsys):
+    from earthsynth import __version__
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"earthsynth {__version__}"
+
+    # without a name: every benchmarks/*.py with the first line of its docstring
+    assert main(["bench"]) == 0
+    listed = capsys.readouterr().out
+    for script in (ROOT / "benchmarks").glob("*.py"):
+        assert re.search(rf"^{script.stem}\s+\S", listed, re.M), script.stem
+    assert re.search(r"^train_loop\s+Overhead of earthsynth's one training loop", listed, re.M)
+
+    # with a name: that script runs with the options that follow, from the checkout's root
+    done = subprocess.run([sys.executable, "-m", "earthsynth.cli", "bench", "train_loop", "--help"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0 and "usage: train_loop.py" in done.stdout and "--precision" in done.stdout
+    assert main(["bench", "train_lop"]) == 1
+    assert capsys.readouterr().err.startswith("earthsynth: error: bench train_lop: no such benchmark; known: ")
 
 
 def test_readme_commands_are_the_ones_ci_runs():

@@ -7,10 +7,12 @@ import os
 import shlex
 import signal
 import sys
+from pathlib import Path
 
+from earthsynth import __version__
 from earthsynth.errors import InputError
 
-# Subcommands in help order; those later releases fill say "not built yet" and exit 2.
+# Subcommands in help order.
 COMMANDS = {
     "generate": "generate images from text, metadata and control maps (text2earth, crsdiff)",
     "augment": "turn a labelled detection dataset into a larger synthetic one",
@@ -56,9 +58,65 @@ def cmd_train(args) -> int:
     if args.output_dir:
         overrides.append(f"output_dir={args.output_dir}")
     config = load_config(args.config, overrides)
-    command = "earthsynth train " + " ".join(shlex.quote(a) for a in sys.argv[2:])
-    train(config, command=command)
+    try:
+        train(config, command=shell_command(args.argv))
+    except KeyboardInterrupt:
+        if int(os.environ.get("RANK", "0")) == 0:  # once, not once per launched process
+            print(interrupted_note(config, args.argv), file=sys.stderr)
+        return 130
     return 0
+
+
+def shell_command(argv: list[str]) -> str:
+    return " ".join(["earthsynth", *(shlex.quote(a) for a in argv)])
+
+
+def interrupted_note(config, argv: list[str]) -> str:
+    """Which checkpoint an interrupted `earthsynth train` leaves and the command that resumes it."""
+    from earthsynth.training.checkpoint import list_checkpoints
+
+    found = list_checkpoints(Path(config.output_dir) / "checkpoints")
+    if not found:
+        if config.train.resume not in ("", "latest"):
+            return f"earthsynth: interrupted; {config.train.resume} is still the checkpoint to resume: {shell_command(argv)}"
+        return (f"earthsynth: interrupted before the first checkpoint (every {config.train.checkpoint_every} steps); "
+                f"start again with: {shell_command(argv)}")
+    kept, skip_next = [], False  # the command as given, its own --resume replaced
+    for arg in argv:
+        if skip_next or arg.startswith(("--resume=", "train.resume=")):
+            skip_next = False
+            continue
+        skip_next = arg == "--resume"
+        if not skip_next:
+            kept.append(arg)
+    return f"earthsynth: interrupted; {found[-1]} survives; resume with: {shell_command([*kept, '--resume', 'latest'])}"
+
+
+def benchmarks_folder() -> Path:
+    """benchmarks/ of the source checkout this earthsynth runs from (an editable install)."""
+    folder = Path(__file__).resolve().parents[2] / "benchmarks"
+    if not folder.is_dir():
+        raise InputError("bench", "the benchmarks ship with the source checkout (benchmarks/ beside src/), "
+                                  "not with an installed package; run earthsynth from a checkout")
+    return folder
+
+
+def cmd_bench(args) -> int:
+    import ast
+    import subprocess
+
+    folder = benchmarks_folder()
+    scripts = {path.stem: path for path in sorted(folder.glob("*.py"))}
+    if not args.name:
+        for name, path in scripts.items():
+            summary = (ast.get_docstring(ast.parse(path.read_text())) or "").split("\n\n")[0]
+            print(f"{name:<20} {' '.join(summary.split())}")
+        print("\nearthsynth bench NAME --help shows a benchmark's options")
+        return 0
+    if args.name not in scripts:
+        raise InputError(f"bench {args.name}", f"no such benchmark; known: {', '.join(scripts)}")
+    # from the checkout's root, as the benchmarks' own usage lines run them (their default paths are relative)
+    return subprocess.run([sys.executable, str(scripts[args.name]), *args.args], cwd=folder.parent).returncode
 
 
 def cmd_augment(args) -> int:
@@ -165,20 +223,17 @@ def cmd_app(args) -> int:
     return 0
 
 
-NOT_BUILT = ("bench",)
-
-
-def not_built(args) -> int:
-    print(f"earthsynth {args.command}: not built yet", file=sys.stderr)
-    return 2
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="earthsynth", description="Synthesise remote-sensing data with conditional diffusion models.")
+    parser.add_argument("--version", action="version", version=f"earthsynth {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     parsers = {name: sub.add_parser(name, help=help_text, description=help_text) for name, help_text in COMMANDS.items()}
-    for name in NOT_BUILT:
-        parsers[name].set_defaults(func=not_built)
+
+    p = parsers["bench"]
+    p.add_argument("name", nargs="?", help="a benchmark, benchmarks/NAME.py of the source checkout; "
+                                           "without one, the benchmarks are listed")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="the benchmark's own options (see earthsynth bench NAME --help)")
+    p.set_defaults(func=cmd_bench)
 
     p = parsers["train"]
     p.add_argument("config", help="YAML run config, e.g. configs/smoke.yaml")
@@ -307,14 +362,16 @@ def main(argv: list[str] | None = None) -> int:
     # every model loads from a local directory: an accidental hub download must fail loudly
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
+    args.argv = argv  # the command as typed, for command.txt and the resume hint
     if isinstance(getattr(args, "overrides", None), list):
         # key=value settings may come between options, where argparse leaves them unparsed
         settings = [item for item in unknown if "=" in item and not item.startswith("-")]
         args.overrides += settings
         unknown = [item for item in unknown if item not in settings]
-    if unknown and args.command not in NOT_BUILT:
+    if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return args.func(args)
