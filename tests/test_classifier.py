@@ -10,24 +10,26 @@ import torch
 
 from earthsynth.augment.classifier import (
     BACKGROUND,
-    FAMILY,
     CropClassifier,
+    extract_crops,
+    load_classifier,
+    object_vs_background_accuracy,
+)
+from earthsynth.augment.classifier.model import crop_regions
+from earthsynth.augment.classifier.train import (
+    FAMILY,
     CropDataset,
     background_boxes,
     build,
-    crop_regions,
-    extract_crops,
     iou_matrix,
     jitter_colors,
-    load_classifier,
     lower_resolution,
-    object_vs_background_accuracy,
     real_crops,
 )
 from earthsynth.augment.detector import CompactDetector
-from earthsynth.data.flips import random_flips
 from earthsynth.boxes import Boxes
 from earthsynth.config import load_config
+from earthsynth.data.flips import random_flips
 from earthsynth.data.tiles import RealTiles
 from earthsynth.errors import InputError
 from earthsynth.training.loop import train

@@ -8,14 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from earthsynth.augment.detector import (
-    CompactDetector,
-    augment,
-    dataset,
-    decode,
-    encode_targets,
-    load_detector,
-)
+from earthsynth.augment.detector import CompactDetector, decode, load_detector
+from earthsynth.augment.detector.train import augment, dataset, encode_targets
 from earthsynth.augment.metrics import box_iou, detection_map, match_layout
 from earthsynth.boxes import Boxes
 from earthsynth.config import load_config

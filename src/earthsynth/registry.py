@@ -45,8 +45,8 @@ FAMILIES: dict[str, str] = {
     "crsdiff": "earthsynth.generation.crsdiff:FAMILY",
     "hsi_autoencoder": "earthsynth.generation.hsi:AUTOENCODER_FAMILY",
     "hsi": "earthsynth.generation.hsi:FAMILY",
-    "detector": "earthsynth.augment.detector:FAMILY",
-    "classifier": "earthsynth.augment.classifier:FAMILY",
+    "detector": "earthsynth.augment.detector.train:FAMILY",
+    "classifier": "earthsynth.augment.classifier.train:FAMILY",
 }
 
 
