@@ -30,7 +30,7 @@ from earthsynth.boxes import Boxes
 from earthsynth.data.captions import make_caption
 from earthsynth.data.tiles import RealTiles
 from earthsynth.generation.aerogen import AeroGenPipeline
-from earthsynth.generation.common import bundled_checkpoint
+from earthsynth.jobs.load import bundled_checkpoint
 
 
 def as_trees(boxes: Boxes) -> Boxes:

@@ -54,7 +54,7 @@ from earthsynth.data.captions import make_caption
 from earthsynth.data.tiles import RealTiles
 from earthsynth.errors import InputError
 from earthsynth.generation.aerogen import FAMILY, AeroGenPipeline, make_pipeline
-from earthsynth.generation.common import bundled_checkpoint
+from earthsynth.jobs.load import bundled_checkpoint
 
 GUIDANCE = 4.0  # the pipeline's and `earthsynth augment`'s default
 LAYOUT_GUIDANCE = 2.0  # any value turns on the third pass; the value does not change the cost

@@ -26,9 +26,9 @@ import torch
 from earthsynth.conditioning.control import canny
 from earthsynth.conditioning.scalars import SCALAR_FIELDS
 from earthsynth.data.control_tiles import ControlTiles
-from earthsynth.generation.common import bundled_checkpoint
 from earthsynth.generation.crsdiff import CRSDiffPipeline
 from earthsynth.image_metrics import edge_f1
+from earthsynth.jobs.load import bundled_checkpoint
 
 TOLERANCES = (0, 1, 2)
 SETTINGS = {"text + metadata, no map": (), "+ canny": ("canny",), "+ canny, sketch, content": ("canny", "sketch", "content")}

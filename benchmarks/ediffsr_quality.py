@@ -36,9 +36,9 @@ from earthsynth.data.schema import image_to_tensor
 from earthsynth.data.sources import deepforest_drone_test
 from earthsynth.data.tiles import RealTiles, cut_tiles
 from earthsynth.errors import InputError
-from earthsynth.generation.common import bundled_checkpoint
 from earthsynth.generation.ediffsr import EDiffSRPipeline, degrade
 from earthsynth.image_metrics import psnr, sharpness_ratio, ssim
+from earthsynth.jobs.load import bundled_checkpoint
 
 
 def held_out_tiles(split: str, size: int) -> torch.Tensor:

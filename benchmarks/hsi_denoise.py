@@ -31,10 +31,10 @@ import torch
 
 from earthsynth.data.hsi_noise import add_noise
 from earthsynth.data.hsi_scenes import SyntheticCubes, resample_bands
-from earthsynth.generation.common import bundled_checkpoint
 from earthsynth.generation.hsi import HSIDenoisePipeline
 from earthsynth.generation.hsi.classical import CLASSICAL_METHODS, grid_search, tune
 from earthsynth.image_metrics import band_psnr, band_ssim, ergas, sam_degrees
+from earthsynth.jobs.load import bundled_checkpoint
 
 KINDS = ("gaussian", "stripes", "deadlines", "impulse", "mixture")
 PIPELINE_GRID = {"num_inference_steps": [1, 4], "strength": [0.3, 0.6]}

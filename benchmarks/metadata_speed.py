@@ -29,7 +29,7 @@ from aerogen_speed import build_sd, parameters, time_variants
 from earthsynth.config import load_config
 from earthsynth.data.control_tiles import ControlTiles
 from earthsynth.errors import InputError
-from earthsynth.generation.common import bundled_checkpoint
+from earthsynth.jobs.load import bundled_checkpoint
 from earthsynth.registry import get_family
 
 GUIDANCE = 4.0

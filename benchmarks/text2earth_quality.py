@@ -38,9 +38,10 @@ from torch import nn
 from earthsynth.data.schema import image_to_tensor
 from earthsynth.data.sources import SourceImage, deepforest_images, deepforest_unlabelled_val
 from earthsynth.data.tiles import cut_tiles
-from earthsynth.generation.common import bundled_checkpoint, tile_starts
+from earthsynth.generation.common import tile_starts
 from earthsynth.generation.text2earth import Text2EarthPipeline
 from earthsynth.image_metrics import seam_score
+from earthsynth.jobs.load import bundled_checkpoint
 
 GSD_CLASSES = (0.1, 0.2, 0.4)  # deepforest at factors 1, 2, 4
 PROMPTS = ("NEON airborne RGB orthophoto, Yellowstone National Park, dense vegetation",

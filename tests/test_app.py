@@ -401,17 +401,17 @@ def test_control_bad_metadata_is_one_line_and_the_next_request_works(app, tmp_pa
 
 # ----------------------------------------------------------------------------- missing models
 def test_tabs_without_a_model_say_how_to_get_one(monkeypatch, tmp_path):
-    import earthsynth.generation.common as common
+    import earthsynth.jobs.load as load
     from earthsynth.errors import InputError
 
-    real = common.bundled_checkpoint
+    real = load.bundled_checkpoint
 
     def only_aerogen(name):  # as on a machine where hsi, ediffsr, text2earth and crsdiff have not been trained
         if name in ("hsi", "ediffsr", "text2earth", "crsdiff"):
             raise InputError(f"assets/{name}", "bundled checkpoint missing")
         return real(name)
 
-    monkeypatch.setattr(common, "bundled_checkpoint", only_aerogen)
+    monkeypatch.setattr(load, "bundled_checkpoint", only_aerogen)
     ctx = AppContext(tmp_path)  # a --model-dir without hsi/, ediffsr/, text2earth/ or crsdiff/
     try:
         demo = build_app(ctx)

@@ -11,10 +11,10 @@ from pycocotools.coco import COCO
 from earthsynth.augment.classifier import CropClassifier
 from earthsynth.augment.detector import CompactDetector
 from earthsynth.augment.filter import FilterConfig
-from earthsynth.augment.run import AugmentConfig, load_records, run_augment
 from earthsynth.config import load_config
 from earthsynth.errors import InputError
 from earthsynth.generation.aerogen import build, make_pipeline
+from earthsynth.jobs.augment import AugmentConfig, load_records, run_augment
 from tests_support import assert_input_error
 
 TINY_AEROGEN = {

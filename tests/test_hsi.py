@@ -453,7 +453,7 @@ def test_denoise_bad_inputs_one_line_and_nothing_written(tmp_path, model_dir, ca
 
 
 def test_denoise_file_errors_name_the_file(tmp_path, model_dir):
-    from earthsynth.generation.hsi.denoise import denoise_file
+    from earthsynth.jobs.denoise import denoise_file
 
     np.save(tmp_path / "a.npy", noisy_cube())
     with pytest.raises(InputError) as err:

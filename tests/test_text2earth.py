@@ -8,12 +8,11 @@ import pytest
 import torch
 
 from earthsynth.config import load_config
-from earthsynth.data.tiles import RealTiles
+from earthsynth.data.tiles import GSDBalancedTiles, RealTiles
 from earthsynth.errors import InputError
-from earthsynth.generation.common import bundled_checkpoint
 from earthsynth.generation.metadata_unet import MetadataUNet
-from earthsynth.data.tiles import GSDBalancedTiles
 from earthsynth.generation.text2earth import Text2EarthPipeline, make_pipeline
+from earthsynth.jobs.load import bundled_checkpoint
 from earthsynth.registry import get_family
 
 TINY = ["model.block_out_channels=[16,32,32,32]", "model.attention_head_dim=8"]

@@ -12,7 +12,7 @@ from PIL import Image
 from earthsynth.cli import main
 from earthsynth.data.geotiff import Raster, read_geotiff, write_geotiff
 from earthsynth.generation.ediffsr import EANet, EDiffSRPipeline, MeanRevertingScheduler
-from earthsynth.generation.ediffsr.upscale import band_groups, from_unit, to_unit
+from earthsynth.jobs.upscale import band_groups, from_unit, to_unit
 
 STEPS = ["--steps", "2"]
 

@@ -120,8 +120,8 @@ def cmd_bench(args) -> int:
 
 
 def cmd_augment(args) -> int:
-    from earthsynth.augment.run import AugmentConfig, run_augment
     from earthsynth.config import apply_override, from_dict
+    from earthsynth.jobs.augment import AugmentConfig, run_augment
 
     if args.demo == bool(args.data):
         raise InputError("augment", "give either --data PATH --format FMT or --demo")
@@ -154,7 +154,7 @@ def cmd_augment(args) -> int:
             raise InputError(f"--per-class {item}", "expected NAME=N, e.g. --per-class Dead=200")
         tree.setdefault("per_class", {})[name] = int(count)
     config = from_dict(AugmentConfig, tree, args.config or "augment")
-    summary = run_augment(args.out, config, data=args.data, fmt=args.format)
+    summary = run_augment(args.out, config, data=args.data, fmt=args.format, device=args.device, dtype=args.dtype)
     if summary:
         print(f"{summary['accepted']} of {summary['candidates']} candidates accepted "
               f"({summary['timing']['total_s']} s) -> {args.out}: {', '.join(config.out_formats)}, manifest.jsonl, report.html")
@@ -183,29 +183,30 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_upscale(args) -> int:
-    from earthsynth.generation.ediffsr.upscale import upscale_file
+    from earthsynth.jobs.upscale import upscale_file
 
     out = upscale_file(args.input, args.out, model_dir=args.model, steps=args.steps, scale=args.scale,
-                       tile=args.tile, seed=args.seed)
+                       tile=args.tile, seed=args.seed, device=args.device, dtype=args.dtype, show_progress=True)
     print(f"x{args.scale} -> {out}")
     return 0
 
 
 def cmd_denoise(args) -> int:
-    from earthsynth.generation.hsi.denoise import denoise_file
+    from earthsynth.jobs.denoise import denoise_file
 
     out = denoise_file(args.input, args.out, model_dir=args.model, steps=args.steps, strength=args.strength,
                        tile=args.tile, seed=args.seed, key=args.key, layout=args.layout, method=args.method,
-                       rank=args.rank)
+                       rank=args.rank, device=args.device, dtype=args.dtype, show_progress=True)
     print(f"denoised -> {out}")
     return 0
 
 
 def cmd_generate(args) -> int:
-    from earthsynth.generation.generate import fields_from_options, generate_files
+    from earthsynth.jobs.generate import fields_from_options, generate_files
 
     fields = fields_from_options(args.family, vars(args))
-    for path in generate_files(args.family, fields, args.out, requests_file=args.requests, model_dir=args.model):
+    for path in generate_files(args.family, fields, args.out, requests_file=args.requests, model_dir=args.model,
+                               device=args.device, dtype=args.dtype, show_progress=True):
         print(f"{args.family} -> {path}")
     return 0
 
@@ -221,6 +222,13 @@ def cmd_app(args) -> int:
     print(f"earthsynth app: serving on http://{args.host}:{args.port}/ (Ctrl+C stops)")
     launch_app(args.host, args.port, model_dir=args.model_dir)
     return 0
+
+
+def add_device_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", help="where the models run: cpu, cuda, cuda:1, mps (default: accelerate's device, so "
+                                    "each process of `accelerate launch` uses its own GPU)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                   help="the models' number type (default float32)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -261,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--negative", help="negative prompt")
         p.add_argument("--seed", type=int, help="image k is drawn from seed + k (default 0)")
         p.add_argument("--num-images", type=int, help="images per request, named OUT_0000, OUT_0001... (default 1)")
+        add_device_options(p)
         p.set_defaults(func=cmd_generate)
     p = families.choices["text2earth"]
     p.add_argument("--gsd-guidance", type=float, help="guide the GSD separately from the text with this scale")
@@ -299,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--config", help="YAML with augment settings and filter thresholds (see configs/augment.yaml)")
     p.add_argument("overrides", nargs="*", help="key=value settings, e.g. filter.min_recall=0.6 steps=10")
+    add_device_options(p)
     p.set_defaults(func=cmd_augment)
 
     p = parsers["evaluate"]
@@ -322,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="denoising steps (default: the bundled model's best on validation)")
     p.add_argument("--tile", type=int, default=128, help="tile size in low-resolution pixels, bounds memory (default 128)")
     p.add_argument("--seed", type=int, default=0)
+    add_device_options(p)
     p.set_defaults(func=cmd_upscale)
 
     p = parsers["denoise"]
@@ -338,12 +349,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--key", help=".mat: the variable holding the cube (default: the largest 3-D array)")
     p.add_argument("--layout", choices=["BHW", "HWB"], help=".mat/.npy axis order (default: .mat HWB, .npy guessed)")
+    add_device_options(p)
     p.set_defaults(func=cmd_denoise)
 
     p = parsers["app"]
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    p.add_argument("--model-dir", help="folder with aerogen/, hsi/ and ediffsr/ pipeline folders that replace the bundled ones")
+    from earthsynth.app import MODEL_FAMILIES  # a constant: gradio is not imported for --help
+
+    p.add_argument("--model-dir", help=f"folder whose {', '.join(f'{name}/' for name in MODEL_FAMILIES)} pipeline "
+                                       "folders (any of them) replace the bundled ones")
     p.set_defaults(func=cmd_app)
 
     p = parsers["data"]

@@ -12,6 +12,9 @@ Endpoints (for gradio_client): /layout_preview, /layout_random, /layout_generate
 
 __all__ = ["build_app", "launch_app"]
 
+# the pipeline folders `--model-dir` may hold, one per tab that runs a model
+MODEL_FAMILIES = ("aerogen", "hsi", "ediffsr", "text2earth", "crsdiff")
+
 
 def __getattr__(name: str):
     # imported on use: the job child processes (earthsynth.app.jobs) must not pay for gradio

@@ -13,9 +13,9 @@ import gradio as gr
 from earthsynth.app.common import JOBS, AppContext, copy_uploads, not_available, readable, wait_for
 from earthsynth.app.jobs import ChildJob
 from earthsynth.augment.report import class_colours, load_manifest, pass_rates, percent, thumbnail
-from earthsynth.augment.run import INPUT_FORMATS
 from earthsynth.data.export import EXPORT_FORMATS
 from earthsynth.errors import InputError
+from earthsynth.jobs.augment import INPUT_FORMATS
 
 BUNDLED = "bundled trees (450 tiles of 64 px, 0.2 m/px)"
 UPLOAD = "upload a zipped dataset"

@@ -51,7 +51,7 @@ class AppContext:
     # ------------------------------------------------------------------ models
     def model_folder(self, family: str) -> Path:
         """--model-dir/<family> when it exists, else the bundled checkpoint (InputError if none)."""
-        from earthsynth.generation.common import bundled_checkpoint
+        from earthsynth.jobs.load import bundled_checkpoint
 
         custom = self.override(family)
         return Path(custom) if custom else bundled_checkpoint(family)

@@ -21,7 +21,7 @@ from earthsynth.errors import InputError
 
 MAX_SIZE = 256  # pixels a side: crsdiff denoises the whole image at once (no tiles)
 INPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
-REFERENCE_MAPS = ("canny", "sketch", "content", "landcover")  # as earthsynth.generation.generate's
+REFERENCE_MAPS = ("canny", "sketch", "content", "landcover")  # as earthsynth.jobs.generate's
 MAP_TITLES = {"canny": "canny edges", "sketch": "sketch", "content": "content (shuffled colours)",
               "landcover": "land cover", "dem": "DEM (stretched)"}
 # land-cover classes in the gallery; a class not named here is grey
@@ -91,21 +91,21 @@ class ControlTab:
         self.ctx = ctx
 
     def pipeline(self):
-        from earthsynth.generation.generate import load_pipeline
+        from earthsynth.jobs.load import load_pipeline
 
         return self.ctx.cached("crsdiff", lambda: load_pipeline("crsdiff", self.ctx.model_folder("crsdiff")))
 
     def generate(self, prompt: str, reference, maps, dem, gsd, date, cloud_cover, lat, lon, scale, steps, guidance,
                  seed, request: gr.Request = None):
         """-> (status, gallery of the reference and the maps used, the image, its file)."""
-        from earthsynth.generation.generate import (
+        from earthsynth.jobs.generate import (
             generate_images,
             georeferenced,
             input_error,
             make_job,
             parse_request,
             rgb_of,
-            write_image,
+            write_generated,
         )
 
         prompt = (prompt or "").strip()
@@ -155,7 +155,7 @@ class ControlTab:
             job = make_job(pipe, "crsdiff", job_request)
             pixels = generate_images(pipe, "crsdiff", job_request, job)[0]
         elapsed = time.monotonic() - started
-        write_image(out, pixels, "crsdiff", job_request, job, job_request.seed)
+        write_generated(out, pixels, "crsdiff", job_request, job, job_request.seed)
 
         height, width = pixels.shape[:2]
         gallery = []

@@ -112,7 +112,7 @@ class HyperspectralTab:
             options["key"] = key.strip()
         if layout in ("BHW", "HWB"):
             options["layout"] = layout
-        from earthsynth.generation.hsi.denoise import read_input
+        from earthsynth.jobs.denoise import read_input
 
         cube = read_input(src, **options)  # the checks `earthsynth denoise` makes: NaN, bands, size
         return src, options, cube.data, None, cube.wavelengths

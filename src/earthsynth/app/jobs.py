@@ -24,21 +24,21 @@ from earthsynth.errors import InputError
 # ----------------------------------------------------------------------------- in the child
 def run_augment_job(out: str, settings: dict, data: str | None = None, fmt: str | None = None) -> dict:
     """`earthsynth augment` with the settings tree of the augment config; returns its summary."""
-    from earthsynth.augment.run import AugmentConfig, run_augment
     from earthsynth.config import from_dict
+    from earthsynth.jobs.augment import AugmentConfig, run_augment
 
     config = from_dict(AugmentConfig, settings, "augment")
     return run_augment(out, config, data=data, fmt=fmt, show_progress=False)
 
 
 def run_denoise_job(**kwargs) -> str:
-    from earthsynth.generation.hsi.denoise import denoise_file
+    from earthsynth.jobs.denoise import denoise_file
 
     return str(denoise_file(**kwargs))
 
 
 def run_upscale_job(**kwargs) -> str:
-    from earthsynth.generation.ediffsr.upscale import upscale_file
+    from earthsynth.jobs.upscale import upscale_file
 
     return str(upscale_file(**kwargs))
 

@@ -74,16 +74,14 @@ class LayoutTab:
             raise InputError(config, f"cannot read the aerogen image size ({err})") from None
 
     def pipeline(self):
-        from earthsynth.generation.aerogen import AeroGenPipeline
-        from earthsynth.generation.common import load_pipeline_quietly
+        from earthsynth.jobs.load import load_pipeline
 
-        return self.ctx.cached("aerogen", lambda: load_pipeline_quietly(
-            AeroGenPipeline, self.ctx.model_folder("aerogen"), "aerogen"))
+        return self.ctx.cached("aerogen", lambda: load_pipeline("aerogen", self.ctx.model_folder("aerogen")))
 
     def sampler(self):
         """The layout sampler fitted on the bundled training tiles (as `earthsynth augment --demo`)."""
         from earthsynth.augment.layouts import LayoutSampler
-        from earthsynth.augment.run import demo_tiles
+        from earthsynth.jobs.augment import demo_tiles
 
         size = self.size
 

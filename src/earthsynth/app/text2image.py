@@ -78,7 +78,7 @@ class Text2ImageTab:
         self.tile = model_tile_size(ctx.model_folder("text2earth"))
 
     def pipeline(self):
-        from earthsynth.generation.generate import load_pipeline
+        from earthsynth.jobs.load import load_pipeline
 
         return self.ctx.cached("text2earth", lambda: load_pipeline("text2earth", self.ctx.model_folder("text2earth")))
 
@@ -102,7 +102,7 @@ class Text2ImageTab:
         width = min(picture.width // stride * stride, MAX_SIZE)
         if not (height and width):
             raise InputError(paths[0], f"is {picture.width}x{picture.height} px, smaller than {stride}x{stride}")
-        from earthsynth.generation.generate import rgb_of
+        from earthsynth.jobs.generate import rgb_of
 
         rgb = rgb_of(picture)[:height, :width]
         band = drawn.data[0, :height, :width].astype(np.float32)
@@ -116,7 +116,7 @@ class Text2ImageTab:
                  gsd_guidance, seed, request: gr.Request = None):
         """-> (status, the image, its file: PNG, or a GeoTIFF on the grid of a georeferenced
         inpainted upload)."""
-        from earthsynth.generation.generate import Job, Request, georeferenced, write_image
+        from earthsynth.jobs.generate import Job, Request, georeferenced, write_generated
 
         prompt = (prompt or "").strip()
         if not prompt:
@@ -163,7 +163,7 @@ class Text2ImageTab:
         out.parent.mkdir()
         job = Job({}, gsd=gsd, crs=grid.crs if grid is not None else None,
                   transform=grid.transform if grid is not None else None)
-        write_image(out, pixels, "text2earth", Request("app", None, prompt, out), job, int(seed))
+        write_generated(out, pixels, "text2earth", Request("app", None, prompt, out), job, int(seed))
         status = (f"**{width} x {height} px**, {mode}, GSD "
                   f"{'unknown' if gsd is None else format_number(gsd) + ' m/px'}, seed {int(seed)}, "
                   f"{time.monotonic() - started:.1f} s{note}")

@@ -49,7 +49,7 @@ def detector_recipe(config: EvaluateConfig) -> dict:
     if config.detector_config:
         path = Path(config.detector_config)
     else:
-        from earthsynth.generation.common import bundled_checkpoint
+        from earthsynth.jobs.load import bundled_checkpoint
 
         path = bundled_checkpoint("detector") / "train_config.yaml"
     try:
@@ -65,7 +65,7 @@ def synthetic_sets(synthetic: Path, out: Path, min_objects: int = 0,
                    max_images: int = 0) -> dict[str, tuple[Path, int]]:
     """COCO datasets of the accepted candidates and of as many candidates in index order
     (of those with at least `min_objects` objects)."""
-    from earthsynth.augment.run import load_records, write_candidates
+    from earthsynth.jobs.augment import load_records, write_candidates
 
     if not (synthetic / "augment_config.yaml").is_file():
         raise InputError(synthetic, "not an `earthsynth augment` output folder (no augment_config.yaml)")

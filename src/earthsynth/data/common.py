@@ -1,9 +1,17 @@
-"""Helpers the annotation and cube readers share: atomic writes, image sizes, labels."""
+"""Helpers the readers and writers share: atomic outputs, image sizes, labels.
+
+Atomic outputs, one family: `atomic_write` (a file opened for writing), `atomic_path` (a file
+name for a writer that wants a path) and `atomic_directory` (a whole folder). Each writes
+beside its target and moves the result into place only when the block succeeds, and removes
+what it wrote on any error, so a reader never sees a half-written output.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import tempfile
 import uuid
 import warnings
 from collections.abc import Iterator, Sequence
@@ -40,6 +48,23 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def atomic_directory(directory: str | os.PathLike) -> Iterator[Path]:
+    """A new empty folder beside `directory`; on success it replaces `directory` (and what was
+    there), on any error it is removed."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        yield tmp
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def format_number(value: float, decimals: int = 6) -> str:

@@ -31,46 +31,6 @@ def gsd_values(gsds: list[float | None]) -> torch.Tensor:
     return torch.tensor([[np.nan if g is None else float(g)] for g in gsds], dtype=torch.float32)
 
 
-def bundled_checkpoint(name: str):
-    """The folder of a bundled default checkpoint (src/earthsynth/assets/<name>)."""
-    from pathlib import Path
-
-    from earthsynth.errors import InputError
-
-    folder = Path(__file__).resolve().parents[1] / "assets" / name
-    if not folder.is_dir():
-        raise InputError(f"assets/{name}", "bundled checkpoint missing; train it with "
-                         f"`earthsynth train configs/{name}.yaml` and pass the folder explicitly")
-    return folder
-
-
-def load_pipeline_quietly(pipeline_class, model_dir, name: str):
-    """The `pipeline_class` pipeline in `model_dir` (default: the bundled checkpoint `name`),
-    on the GPU if there is one; a folder that is not such a pipeline is an InputError."""
-    from pathlib import Path
-
-    from diffusers.utils import logging as diffusers_logging
-
-    from earthsynth.data.common import one_line
-    from earthsynth.errors import InputError
-
-    model_dir = Path(model_dir) if model_dir else bundled_checkpoint(name)
-    if not (model_dir / "model_index.json").is_file():
-        raise InputError(model_dir, f"not an {name} pipeline folder (no model_index.json)")
-    # diffusers draws a "Loading pipeline components" bar on stderr, where only errors belong
-    bar_was_on = diffusers_logging.is_progress_bar_enabled()
-    diffusers_logging.disable_progress_bar()
-    try:
-        pipe = pipeline_class.from_pretrained(model_dir)
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise InputError(model_dir, f"cannot load the {name} pipeline ({one_line(err)})") from None
-    finally:
-        if bar_was_on:
-            diffusers_logging.enable_progress_bar()
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to("cuda") if torch.cuda.is_available() else pipe
-
-
 def timestep_embedding(timesteps: torch.Tensor, dim: int) -> torch.Tensor:
     """Sinusoidal embedding of (B,) timesteps -> (B, dim)."""
     half = dim // 2

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,16 +28,18 @@ import numpy as np
 import torch
 import yaml
 from PIL import Image
-from tqdm.auto import tqdm
 
 from earthsynth.augment.filter import FilterConfig, SampleFilter
 from earthsynth.augment.layouts import LayoutRecord, LayoutSampler, layout_statistics, save_layouts
 from earthsynth.augment.report import record_boxes
 from earthsynth.boxes import Boxes
 from earthsynth.data.captions import land_cover_phrase, make_caption
+from earthsynth.data.common import atomic_directory, atomic_write
 from earthsynth.data.export import EXPORT_FORMATS, DatasetWriter
 from earthsynth.data.jsonl import read_jsonl
 from earthsynth.errors import InputError
+from earthsynth.jobs.load import bundled_checkpoint, job_device, job_dtype, job_state, load_pipeline
+from earthsynth.jobs.progress import JobProgress
 
 INPUT_FORMATS = ("voc", "coco", "dota", "yolo", "yolo-obb", "csv")
 
@@ -126,8 +126,6 @@ def dataset_tiles(root: str, fmt: str, size: int, config: AugmentConfig) -> list
 def aerogen_folder(config: AugmentConfig) -> tuple[Path, int]:
     """The aerogen pipeline folder and the image size its UNet was trained at (read from its
     config, so a bad dataset is reported before any model loads)."""
-    from earthsynth.generation.common import bundled_checkpoint
-
     model_dir = Path(config.model) if config.model else bundled_checkpoint("aerogen")
     unet_config = model_dir / "unet" / "config.json"
     if not (model_dir / "model_index.json").is_file() or not unet_config.is_file():
@@ -139,17 +137,17 @@ def aerogen_folder(config: AugmentConfig) -> tuple[Path, int]:
     return model_dir, size
 
 
-def load_models(config: AugmentConfig, model_dir: Path):
+def load_models(config: AugmentConfig, model_dir: Path, device=None, dtype=None):
+    """The aerogen pipeline on `device` in `dtype`, and the filter's detector and classifier on
+    the same device in float32 (their scores are what the thresholds were chosen on)."""
     from earthsynth.augment.classifier import load_classifier
     from earthsynth.augment.detector import load_detector
-    from earthsynth.generation.aerogen import AeroGenPipeline
-    from earthsynth.generation.common import bundled_checkpoint
 
-    pipe = AeroGenPipeline.from_pretrained(model_dir)
-    pipe.set_progress_bar_config(disable=True)
+    device = job_device(device)
+    pipe = load_pipeline("aerogen", model_dir, device, job_dtype(dtype))
     detector = load_detector(config.detector or bundled_checkpoint("detector"))
     classifier = load_classifier(config.classifier or bundled_checkpoint("classifier"))
-    return pipe, detector.eval(), classifier.eval()
+    return pipe, detector.to(device).eval(), classifier.to(device).eval()
 
 
 # ----------------------------------------------------------------------------- resume state
@@ -172,15 +170,13 @@ def candidate_prompt(layout: LayoutRecord, tile: RealTile) -> str:
 
 
 def run_augment(out: str | Path, config: AugmentConfig, data: str | None = None, fmt: str | None = None,
-                show_progress: bool = True) -> dict:
-    """Generate, filter and write; returns the run summary (also written to run.json)."""
-    from accelerate import PartialState
-
+                show_progress: bool = True, device=None, dtype=None) -> dict:
+    """Generate, filter and write; returns the run summary (also written to run.json).
+    device None = accelerate's (each process its own GPU), dtype None = float32 (aerogen's)."""
     from earthsynth.augment.report import write_report
 
     started = time.perf_counter()
-    # several processes without a GPU (accelerate launch --multi_gpu, torchrun): gloo on the CPU
-    state = PartialState(cpu=int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available())
+    state = job_state()
     out = Path(out)
     unknown = [f for f in config.out_formats if f not in EXPORT_FORMATS]
     if unknown or not config.out_formats:
@@ -193,7 +189,7 @@ def run_augment(out: str | Path, config: AugmentConfig, data: str | None = None,
 
     model_dir, size = aerogen_folder(config)
     tiles = demo_tiles(size) if data is None else dataset_tiles(data, fmt, size, config)
-    pipe, detector, classifier = load_models(config, model_dir)
+    pipe, detector, classifier = load_models(config, model_dir, device, dtype)
     model_name = config.model or "bundled aerogen"  # no machine path in the outputs of the default run
     max_candidates = config.max_candidates or 6 * config.num_images
 
@@ -236,8 +232,11 @@ def run_augment(out: str | Path, config: AugmentConfig, data: str | None = None,
             filt.add_reference(done[i]["image_id"], np.asarray(Image.open(out / done[i]["file"]).convert("RGB")))
 
     timing = {"generate_s": 0.0, "filter_s": 0.0, "generated": 0}
-    progress = tqdm(total=quota, initial=min(accepted, quota), desc=f"augment [{rank}]" if world > 1 else "augment",
-                    disable=not show_progress or not state.is_local_main_process, unit="img")
+    # the bar counts candidates, accepted or not: its total is how many the acceptance rate so
+    # far says are needed (at most max_candidates), so its ETA is the run's
+    progress = JobProgress(len(mine), f"augment [{rank}]" if world > 1 else "augment", unit="candidate",
+                           disable=not show_progress or not state.is_local_main_process, initial=len(mine) - len(todo))
+    progress.bar.set_postfix(accepted=f"{min(accepted, quota)}/{quota}")
     shard_path = out / f"manifest.rank{rank}.jsonl"
     with open(shard_path, "a") as shard:
         position = 0
@@ -257,10 +256,11 @@ def run_augment(out: str | Path, config: AugmentConfig, data: str | None = None,
             timing["filter_s"] += time.perf_counter() - t1
             timing["generate_s"] += t1 - t0
             timing["generated"] += len(batch)
-            pixels = (result.images.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+            pixels = (result.images.float().permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
             for i, key, seed, prompt, image, verdict in zip(batch, keys, seeds, prompts, pixels, verdicts):
                 file = f"candidates/{i:06d}.png"
-                Image.fromarray(image).save(out / file)
+                with atomic_write(out / file, "wb") as f:
+                    Image.fromarray(image).save(f, format="PNG")
                 boxes = layouts[i].boxes
                 record = {"index": i, "image_id": key, "file": file, "seed": seed, "prompt": prompt,
                           "origin": layouts[i].origin,
@@ -271,8 +271,10 @@ def run_augment(out: str | Path, config: AugmentConfig, data: str | None = None,
                 shard.flush()
                 if verdict["accepted"] and accepted < quota:
                     accepted += 1
-                    progress.update(1)
-            progress.set_postfix(candidates=len(mine) - len(todo) + position)
+            tried = len(mine) - len(todo) + position
+            progress.bar.total = min(len(mine), expected_candidates(tried, accepted, quota))
+            progress.bar.set_postfix(accepted=f"{accepted}/{quota}", refresh=False)
+            progress.update(len(batch))
     progress.close()
     state.wait_for_everyone()
 
@@ -282,6 +284,16 @@ def run_augment(out: str | Path, config: AugmentConfig, data: str | None = None,
         write_report(out, load_records(out), summary)
     state.wait_for_everyone()
     return summary
+
+
+def expected_candidates(tried: int, accepted: int, wanted: int) -> int:
+    """The candidates a run will have made when `wanted` are accepted, at the acceptance
+    rate so far (`accepted` of `tried`); a very large number while none is accepted."""
+    if accepted >= wanted:
+        return tried
+    if accepted == 0:
+        return 1 << 62
+    return tried + math.ceil((wanted - accepted) * tried / accepted)
 
 
 def load_records(out: Path) -> list[dict]:
@@ -296,16 +308,11 @@ def write_candidates(out: Path, records: list[dict], destination: Path, fmt: str
                      gsd: float | None) -> None:
     """Candidates of an augment folder as a `fmt` dataset at `destination`, replacing what
     was there only once the new one is complete."""
-    staging = destination.parent / f".{destination.name}.new"
-    shutil.rmtree(staging, ignore_errors=True)
-    with DatasetWriter(staging, fmt, class_names) as writer:
+    with atomic_directory(destination) as staging, DatasetWriter(staging, fmt, class_names) as writer:
         for record in records:
             pixels = np.asarray(Image.open(out / record["file"]).convert("RGB"))
             writer.add("train", record["image_id"], pixels, record_boxes(record), gsd=gsd,
                        image_source="earthsynth aerogen")
-    if destination.exists():
-        shutil.rmtree(destination)
-    staging.rename(destination)
 
 
 def finish(out: Path, config: AugmentConfig, sampler: LayoutSampler, tiles: list[RealTile], size: int,
@@ -317,10 +324,8 @@ def finish(out: Path, config: AugmentConfig, sampler: LayoutSampler, tiles: list
     t0 = time.perf_counter()
     for fmt in config.out_formats:
         write_candidates(out, chosen, out / fmt, fmt, sampler.classes, gsd)
-    # one merged manifest, written whole then moved into place
-    manifest_tmp = out / ".manifest.jsonl.tmp"
-    manifest_tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-    os.replace(manifest_tmp, out / "manifest.jsonl")
+    with atomic_write(out / "manifest.jsonl") as f:  # one merged manifest, never half written
+        f.write("".join(json.dumps(r) + "\n" for r in records))
 
     real = layout_statistics([(t.image_id, size, size, t.boxes) for t in tiles])
     synthetic = layout_statistics([(r["image_id"], size, size, record_boxes(r)) for r in chosen])
@@ -337,5 +342,6 @@ def finish(out: Path, config: AugmentConfig, sampler: LayoutSampler, tiles: list
         "model": model_name, "seed": config.seed, "num_images": config.num_images, "formats": config.out_formats,
         "thresholds": asdict(config.filter), "image_size": size, "gsd": gsd,
     }
-    (out / "run.json").write_text(json.dumps(summary, indent=2))
+    with atomic_write(out / "run.json") as f:
+        json.dump(summary, f, indent=2)
     return summary

@@ -26,18 +26,12 @@ from earthsynth.data.geotiff import Raster, write_geotiff
 from earthsynth.data.hsi import Cube, read_cube, write_envi
 from earthsynth.errors import InputError
 from earthsynth.generation.hsi.pipeline import to_dtype
+from earthsynth.jobs.load import load_pipeline
+from earthsynth.jobs.progress import JobProgress
 
 OUTPUT_SUFFIXES = (".hdr", ".img", ".mat", ".npy", ".tif", ".tiff")
 METHODS = ("model", "robust-pca")
 TILE_OVERLAP = 8  # as the pipeline's default
-
-
-def load_pipeline(model_dir=None):
-    """The hsi pipeline in `model_dir` (default: the bundled checkpoint), on the GPU if there is one."""
-    from earthsynth.generation.common import load_pipeline_quietly
-    from earthsynth.generation.hsi.pipeline import HSIDenoisePipeline
-
-    return load_pipeline_quietly(HSIDenoisePipeline, model_dir, "hsi")
 
 
 def read_input(src: Path, key: str | None = None, layout: str | None = None) -> Cube:
@@ -99,9 +93,10 @@ def robust_low_rank(data: np.ndarray, rank: int, tile: int) -> np.ndarray:
 
 def denoise_file(src, out, model_dir=None, steps: int = 4, strength: float = 0.5, tile: int = 64,
                  seed: int = 0, key: str | None = None, layout: str | None = None, method: str = "model",
-                 rank: int = 4) -> Path:
+                 rank: int = 4, device=None, dtype=None, show_progress: bool = False) -> Path:
     """Denoise the cube in `src` and write it to `out`; returns the written path (the .hdr for ENVI).
-    method "model" (the hsi pipeline) or "robust-pca" (the classical fit at `rank`, no model)."""
+    method "model" (the hsi pipeline on `device` in `dtype`: default accelerate's device, float32)
+    or "robust-pca" (the classical fit at `rank`, no model)."""
     src, out = Path(src), Path(out)
     if method not in METHODS:
         raise InputError(src, f"unknown method {method!r}; choose {' or '.join(METHODS)}")
@@ -121,10 +116,11 @@ def denoise_file(src, out, model_dir=None, steps: int = 4, strength: float = 0.5
     if method == "robust-pca":
         denoised = robust_low_rank(cube.data, rank, tile)
     else:
-        pipe = load_pipeline(model_dir)
+        pipe = load_pipeline("hsi", model_dir, device, dtype)
         try:
-            denoised = pipe(cube.data, num_inference_steps=steps, strength=strength, tile=tile,
-                            generator=torch.Generator().manual_seed(seed)).cube
+            with JobProgress(steps, "denoise", disable=not show_progress) as progress, progress.steps(pipe, steps):
+                denoised = pipe(cube.data, num_inference_steps=steps, strength=strength, tile=tile,
+                                generator=torch.Generator().manual_seed(seed)).cube
         except ValueError as err:  # the pipeline's checks of steps, strength, tile
             raise InputError(src, one_line(err)) from None
     dtype = np.dtype(cube.metadata.get("dtype", "float32"))

@@ -9,7 +9,7 @@ relative paths are read from the requests file's folder.
 
 Every request is checked (fields, files, sizes, metadata ranges, map names) before the first
 image is made, so a bad row or a bad map costs no generation and leaves no file behind.
-Images are written atomically: PNG / JPEG by the suffix, or a GeoTIFF (.tif) that keeps the
+Images are written atomically (earthsynth.data.images): PNG / JPEG by the suffix, or a GeoTIFF (.tif) that keeps the
 CRS and transform of a georeferenced --reference (crsdiff) or --image (text2earth inpainting)
 and carries the prompt, GSD and model family as tags. Image k of a request is drawn from
 seed + k, so it does not depend on how many images are asked.
@@ -39,17 +39,12 @@ from earthsynth.conditioning.control import (
 )
 from earthsynth.data.common import format_number, one_line
 from earthsynth.data.control_tiles import control_maps_from_rgb
-from earthsynth.data.geotiff import (
-    Raster,
-    raster_metadata,
-    read_geotiff,
-    read_header,
-    to_uint8_rgb,
-    write_geotiff,
-)
+from earthsynth.data.geotiff import Raster, raster_metadata, read_geotiff, read_header, to_uint8_rgb
+from earthsynth.data.images import PLAIN_OUTPUTS, TIFF_OUTPUTS, write_image
 from earthsynth.data.jsonl import read_jsonl
 from earthsynth.errors import InputError
-from earthsynth.generation.ediffsr.upscale import PLAIN_OUTPUTS, TIFF_OUTPUTS, write_plain
+from earthsynth.jobs.load import load_pipeline
+from earthsynth.jobs.progress import JobProgress
 
 META_FIELDS = ("gsd", "year", "month", "day", "date", "cloud_cover", "lat", "lon")
 REFERENCE_MAPS = ("canny", "sketch", "content", "landcover")  # what control_maps_from_rgb gives
@@ -436,28 +431,6 @@ def make_job(pipe, family: str, request: Request) -> Job:
 
 
 # ----------------------------------------------------------------------------- generation
-def load_pipeline(family: str, model_dir=None):
-    """The family's pipeline (default: the bundled checkpoint) with its text encoder loaded
-    now, so a missing encoder is an error before any image and no loading bar shows later."""
-    from transformers.utils import logging as transformers_logging
-
-    from earthsynth.generation.common import load_pipeline_quietly
-
-    if family == "text2earth":
-        from earthsynth.generation.text2earth import Text2EarthPipeline as pipeline_class
-    else:
-        from earthsynth.generation.crsdiff import CRSDiffPipeline as pipeline_class
-    pipe = load_pipeline_quietly(pipeline_class, model_dir, family)
-    bar_was_on = transformers_logging.is_progress_bar_enabled()
-    transformers_logging.disable_progress_bar()
-    try:
-        pipe.text_conditioner  # noqa: B018 - loads it
-    finally:
-        if bar_was_on:
-            transformers_logging.enable_progress_bar()
-    return pipe
-
-
 def generate_images(pipe, family: str, request: Request, job: Job) -> list[np.ndarray]:
     """num_images (H, W, 3) uint8 images, image k drawn from seed + k."""
     generators = [torch.Generator().manual_seed(request.seed + k) for k in range(request.num_images)]
@@ -471,21 +444,22 @@ def generate_images(pipe, family: str, request: Request, job: Job) -> list[np.nd
     return [np.asarray(image) for image in output.images]
 
 
-def write_image(path: Path, pixels: np.ndarray, family: str, request: Request, job: Job, seed: int) -> None:
-    data = np.ascontiguousarray(pixels.transpose(2, 0, 1))
-    if path.suffix.lower() in PLAIN_OUTPUTS:
-        write_plain(path, data)
-        return
+def write_generated(path: Path, pixels: np.ndarray, family: str, request: Request, job: Job, seed: int) -> None:
+    """(H, W, 3) uint8 as PNG / JPEG, or as a GeoTIFF on the job's grid tagged with the
+    prompt, model, seed and GSD."""
     tags = {"EARTHSYNTH_PROMPT": request.prompt, "EARTHSYNTH_MODEL": family, "EARTHSYNTH_SEED": str(seed)}
     if job.gsd is not None:
         tags["EARTHSYNTH_GSD"] = format_number(job.gsd)
-    write_geotiff(path, Raster(data=data, crs=job.crs, transform=job.transform, tags=tags))
+    data = np.ascontiguousarray(pixels.transpose(2, 0, 1))
+    write_image(path, Raster(data=data, crs=job.crs, transform=job.transform, tags=tags))
 
 
-def generate_files(family: str, fields: dict, out, requests_file=None, model_dir=None) -> Iterator[Path]:
+def generate_files(family: str, fields: dict, out, requests_file=None, model_dir=None, device=None, dtype=None,
+                   show_progress: bool = False) -> Iterator[Path]:
     """Generate the images of one request (`fields`, from the options) or of every request in
     `requests_file` (`fields` are their defaults, `out` their folder), yielding each file
-    written. Everything is checked before the first image; bad input raises InputError."""
+    written. Everything is checked before the first image; bad input raises InputError.
+    device None = accelerate's, dtype None = float32; the bar counts denoising steps."""
     out = Path(out)
     if requests_file:
         if out.exists() and not out.is_dir():
@@ -500,16 +474,17 @@ def generate_files(family: str, fields: dict, out, requests_file=None, model_dir
         if not out.parent.is_dir():
             raise InputError(out, f"output folder {out.parent} does not exist")
 
-    pipe = load_pipeline(family, model_dir)
+    pipe = load_pipeline(family, model_dir, device, dtype)
     for request in requests:
         with request.errors_named():
             make_job(pipe, family, request)
     if requests_file:
         out.mkdir(parents=True, exist_ok=True)
-    for request in requests:
-        with request.errors_named():
-            job = make_job(pipe, family, request)  # read again: a long batch holds one request's maps at a time
-            images = generate_images(pipe, family, request, job)
-        for k, (path, pixels) in enumerate(zip(request.outputs(), images)):
-            write_image(path, pixels, family, request, job, request.seed + k)
-            yield path
+    with JobProgress(sum(r.steps for r in requests), f"generate {family}", disable=not show_progress) as progress:
+        for request in requests:
+            with request.errors_named(), progress.steps(pipe, request.steps):
+                job = make_job(pipe, family, request)  # read again: a long batch holds one request's maps at a time
+                images = generate_images(pipe, family, request, job)
+            for k, (path, pixels) in enumerate(zip(request.outputs(), images)):
+                write_generated(path, pixels, family, request, job, request.seed + k)
+                yield path

@@ -28,22 +28,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from earthsynth.data.common import atomic_write
-from earthsynth.data.geotiff import PLAIN_IMAGE_SUFFIXES, Raster, read_geotiff, write_geotiff
+from earthsynth.data.geotiff import PLAIN_IMAGE_SUFFIXES, Raster, read_geotiff
+from earthsynth.data.images import PLAIN_OUTPUTS, TIFF_OUTPUTS, write_image
 from earthsynth.errors import InputError
 from earthsynth.generation.ediffsr.pipeline import DEFAULT_STEPS
+from earthsynth.jobs.load import load_pipeline
+from earthsynth.jobs.progress import JobProgress
 
 SCALES = (2, 4)
-PLAIN_OUTPUTS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
-TIFF_OUTPUTS = (".tif", ".tiff")
-
-
-def load_pipeline(model_dir=None):
-    """The ediffsr pipeline in `model_dir` (default: the bundled checkpoint), on the GPU if there is one."""
-    from earthsynth.generation.common import load_pipeline_quietly
-    from earthsynth.generation.ediffsr.pipeline import EDiffSRPipeline
-
-    return load_pipeline_quietly(EDiffSRPipeline, model_dir, "ediffsr")
 
 
 def check_output_path(src: Path, out: Path) -> None:
@@ -105,40 +97,26 @@ def band_groups(count: int, bands: int) -> list[list[int]]:
     return groups
 
 
-def upscale_bands(pipe, unit: np.ndarray, scale: int, steps: int, tile: int, seed: int) -> np.ndarray:
+def upscale_bands(pipe, unit: np.ndarray, scale: int, steps: int, tile: int, seed: int,
+                  show_progress: bool = False) -> np.ndarray:
     """(C, H, W) in [0, 1], any C -> (C, sH, sW) in [0, 1], the model run on groups of its band count."""
-    bands = pipe.eanet.config.bands
+    groups = band_groups(unit.shape[0], pipe.eanet.config.bands)
     generator = torch.Generator().manual_seed(seed)
     overlap = min(16, tile // 4)  # the pipeline needs overlap < tile / 2
     out = np.empty((unit.shape[0], unit.shape[1] * scale, unit.shape[2] * scale), dtype=np.float32)
-    for group in band_groups(unit.shape[0], bands):
-        low = torch.from_numpy(unit[group])
-        high = pipe(low, scale=scale, num_inference_steps=steps, generator=generator, tile=tile, overlap=overlap,
-                    output_type="pt").images[0]
-        real = sorted(set(group))  # the padding copies are dropped
-        out[real] = high[: len(real)].float().cpu().numpy()
+    with JobProgress(len(groups) * steps, "upscale", disable=not show_progress) as progress:
+        for group in groups:
+            low = torch.from_numpy(unit[group])
+            with progress.steps(pipe, steps):
+                high = pipe(low, scale=scale, num_inference_steps=steps, generator=generator, tile=tile,
+                            overlap=overlap, output_type="pt").images[0]
+            real = sorted(set(group))  # the padding copies are dropped
+            out[real] = high[: len(real)].float().cpu().numpy()
     return out
-
-
 def resize_bicubic(band: np.ndarray, scale: int) -> np.ndarray:
     """(H, W) uint8 -> (sH, sW) uint8 (for an alpha channel)."""
     image = Image.fromarray(band)
     return np.asarray(image.resize((band.shape[1] * scale, band.shape[0] * scale), Image.BICUBIC))
-
-
-def write_plain(out: Path, data: np.ndarray) -> None:
-    """(C, H, W) uint8 / uint16 -> PNG or JPEG by the suffix, atomically."""
-    fmt = PLAIN_OUTPUTS[out.suffix.lower()]
-    if fmt == "JPEG" and data.shape[0] == 4:
-        data = data[:3]  # JPEG has no alpha
-    if fmt == "JPEG" and data.dtype != np.uint8:
-        raise InputError(out, f"JPEG holds 8-bit images, this one is {data.dtype}; name the output .png")
-    if data.dtype not in (np.uint8, np.uint16) or (data.dtype == np.uint16 and data.shape[0] != 1):
-        raise InputError(out, f"{data.shape[0]}-band {data.dtype} cannot be written as {fmt}; name the output .tif")
-    pixels = data[0] if data.shape[0] == 1 else data.transpose(1, 2, 0)
-    image = Image.fromarray(np.ascontiguousarray(pixels))
-    with atomic_write(out, "wb") as f:
-        image.save(f, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
 
 
 def scaled_transform(transform, scale: int):
@@ -149,13 +127,14 @@ def scaled_transform(transform, scale: int):
     return (a / scale, b / scale, c, d / scale, e / scale, f)
 
 
-def upscale_file(src, out, model_dir=None, steps: int | None = None, scale: int = 4, tile: int = 128, seed: int = 0) -> Path:
+def upscale_file(src, out, model_dir=None, steps: int | None = None, scale: int = 4, tile: int = 128, seed: int = 0,
+                 device=None, dtype=None, show_progress: bool = False) -> Path:
     """Super-resolve the image or GeoTIFF `src` x`scale` into `out` and return `out`.
 
     PNG / JPEG in -> PNG / JPEG out (by `out`'s suffix); GeoTIFF in -> GeoTIFF out with the
     same CRS, origin and bands and a pixel size divided by `scale`. Written atomically: on
     any error nothing is left at `out`. Bad input raises `InputError` naming the file.
-    steps None = DEFAULT_STEPS.
+    steps None = DEFAULT_STEPS; device None = accelerate's, dtype None = float32.
     """
     src, out = Path(src), Path(out)
     steps = DEFAULT_STEPS if steps is None else steps
@@ -167,7 +146,7 @@ def upscale_file(src, out, model_dir=None, steps: int | None = None, scale: int 
     raster = read_geotiff(src)  # missing, truncated and corrupt files raise InputError here
     plain = src.suffix.lower() in PLAIN_IMAGE_SUFFIXES
 
-    pipe = load_pipeline(model_dir)
+    pipe = load_pipeline("ediffsr", model_dir, device, dtype)
     model_scale, minimum = pipe.eanet.config.scale, pipe.eanet.multiple
     if scale != model_scale:
         raise InputError(model_dir or "assets/ediffsr", f"this model upscales x{model_scale} only, not x{scale}; "
@@ -187,15 +166,12 @@ def upscale_file(src, out, model_dir=None, steps: int | None = None, scale: int 
     if plain and data.shape[0] == 4 and data.dtype == np.uint8:  # RGBA: the alpha mask is resized, not super-resolved
         alpha, data, mask = resize_bicubic(data[3], scale), data[:3], mask[:3]
     unit, ranges = to_unit(data, mask)
-    high = from_unit(upscale_bands(pipe, unit, scale, steps, tile, seed), ranges, data.dtype)
+    high = from_unit(upscale_bands(pipe, unit, scale, steps, tile, seed, show_progress), ranges, data.dtype)
     if mask.any():  # nodata stays nodata: the mask upscaled by nearest neighbour
         high[mask.repeat(scale, axis=1).repeat(scale, axis=2)] = np.asarray(raster.nodata).astype(data.dtype)
     if alpha is not None:
         high = np.concatenate([high, alpha[None]])
 
-    if out.suffix.lower() in PLAIN_OUTPUTS:
-        write_plain(out, high)
-    else:
-        write_geotiff(out, Raster(data=high, crs=raster.crs, transform=scaled_transform(raster.transform, scale),
-                                  nodata=raster.nodata, tags=raster.tags, band_names=raster.band_names))
+    write_image(out, Raster(data=high, crs=raster.crs, transform=scaled_transform(raster.transform, scale),
+                            nodata=raster.nodata, tags=raster.tags, band_names=raster.band_names))
     return out

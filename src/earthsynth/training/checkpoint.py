@@ -13,17 +13,16 @@ half-written checkpoint that `resume: latest` would pick up.
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import shutil
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+
+from earthsynth.data.common import atomic_directory, atomic_path
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -55,9 +54,8 @@ def set_rng_state(tensors: dict[str, torch.Tensor], extra: dict) -> None:
 def save_rng(directory: Path, rank: int) -> None:
     """This process's RNG states into `directory` (one pair of files per process)."""
     tensors, extra = rng_state()
-    tmp = Path(directory) / f".rng-rank{rank}.tmp"
-    save_file(tensors, tmp)
-    os.replace(tmp, Path(directory) / f"rng-rank{rank}.safetensors")
+    with atomic_path(Path(directory) / f"rng-rank{rank}.safetensors") as tmp:
+        save_file(tensors, tmp)
     (Path(directory) / f"rng-rank{rank}.json").write_text(json.dumps(extra))
 
 
@@ -67,23 +65,6 @@ def load_rng(directory: Path, rank: int) -> bool:
         return False
     set_rng_state(load_file(tensors_file), json.loads((Path(directory) / f"rng-rank{rank}.json").read_text()))
     return True
-
-
-@contextmanager
-def atomic_directory(directory: Path):
-    """Yield a temporary folder beside `directory`; on success it replaces `directory`, on
-    any error it is removed, so a reader never sees a half-written folder."""
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
-        yield tmp
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def save_checkpoint(directory: Path, model_state: dict, ema_state: dict | None, optimizer, lr_scheduler,
