@@ -1,14 +1,19 @@
 """The one training loop: config validation, loss goes down, exact resume, atomic checkpoints."""
 
+import csv
+import json
+import re
+import shlex
 import shutil
 
 import pytest
 import torch
+import yaml
 
 from earthsynth.config import load_config
 from earthsynth.errors import InputError
 from earthsynth.training.checkpoint import list_checkpoints
-from earthsynth.training.loop import epoch_batches, train
+from earthsynth.training.loop import LossModule, epoch_batches, resolve_mixed_precision, train
 from tests_support import TINY_RUN as TINY
 
 
@@ -70,10 +75,16 @@ def test_resume_gives_the_same_next_losses(tmp_path):
     # nothing half-written is left beside the checkpoints
     assert not [p for p in (tmp_path / "a" / "checkpoints").iterdir() if p.name.startswith(".")]
 
-    # a second run that only got as far as the step-3 checkpoint, resumed from there
+    # a second run that only got as far as the step-3 checkpoint, resumed from there; its clock
+    # said 1000 s then, and metrics.csv's time column goes on from there
     shutil.copytree(checkpoints[0], tmp_path / "b" / "checkpoints" / "step-000003")
+    state = tmp_path / "b" / "checkpoints" / "step-000003" / "state.json"
+    state.write_text(json.dumps({**json.loads(state.read_text()), "seconds": 1000.0}))
     resumed = train(tiny_config(tmp_path / "b", resume="latest"), show_progress=False)
     assert [s for s, _ in resumed["losses"]] == [4, 5, 6]
+    with (tmp_path / "b" / "metrics.csv").open() as f:
+        seconds = [float(row["seconds"]) for row in csv.DictReader(f)]
+    assert len(seconds) == 3 and 1000.0 < seconds[0] <= seconds[1] <= seconds[2] < 1300.0
     expected = dict(straight["losses"])
     for step, loss in resumed["losses"]:
         assert loss == pytest.approx(expected[step], rel=1e-5, abs=1e-7), step
@@ -108,3 +119,69 @@ def test_a_failed_write_leaves_the_old_folder_and_no_temporary(tmp_path):
         raise RuntimeError("disk full")
     assert (target / "weights.txt").read_text() == "first"
     assert [p.name for p in tmp_path.iterdir()] == ["final"]
+
+
+def test_data_loader_workers_read_the_same_batches_and_resume_exactly(tmp_path):
+    from safetensors.torch import load_file
+
+    straight = train(tiny_config(tmp_path / "a", num_workers=2), show_progress=False)
+    shutil.copytree(tmp_path / "a" / "checkpoints" / "step-000003", tmp_path / "b" / "checkpoints" / "step-000003")
+    resumed = train(tiny_config(tmp_path / "b", num_workers=2, resume="latest"), show_progress=False)
+    assert [s for s, _ in resumed["losses"]] == [4, 5, 6]
+    assert dict(resumed["losses"]) == {s: loss for s, loss in straight["losses"] if s > 3}
+    wa = load_file(tmp_path / "a" / "checkpoints" / "step-000006" / "model.safetensors")
+    wb = load_file(tmp_path / "b" / "checkpoints" / "step-000006" / "model.safetensors")
+    assert all(torch.equal(wa[key], wb[key]) for key in wa)
+    # workers only load what the loop's order names: the same losses as loading in the training process
+    in_process = train(tiny_config(tmp_path / "c", max_steps=2, checkpoint_every=100), show_progress=False)
+    assert in_process["losses"] == straight["losses"][:2]
+    with pytest.raises(InputError, match="num_workers"):
+        train(tiny_config(tmp_path / "d", num_workers=-1), show_progress=False)
+
+
+def test_the_launchers_mixed_precision_is_taken_or_a_conflict_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # what `accelerate launch --mixed_precision bf16` sets
+    train(tiny_config(tmp_path / "run", max_steps=1, checkpoint_every=100), show_progress=False)
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["train"]["mixed_precision"] == "bf16"  # the run used (and records) the launcher's
+    with pytest.raises(InputError) as err:
+        train(tiny_config(tmp_path / "other", mixed_precision="no"), show_progress=False)
+    message = str(err.value)
+    assert "\n" not in message and "says no" in message and "asks for bf16" in message
+    assert not (tmp_path / "other").exists()
+    assert resolve_mixed_precision("bf16") == "bf16"
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")  # also accelerate launch's default: no request
+    assert resolve_mixed_precision("bf16") == "bf16" and resolve_mixed_precision("") == "no"
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION")
+    assert resolve_mixed_precision("") == "no"
+    with pytest.raises(InputError, match="must be one of no, fp16, bf16, fp8"):
+        resolve_mixed_precision("bf61")
+
+
+def test_ctrl_c_names_the_surviving_checkpoint_and_the_command_that_resumes(tmp_path, monkeypatch, capsys):
+    from earthsynth.cli import main
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY))
+    forward, calls = LossModule.forward, []
+
+    def interrupted_at_step_5(self, batch):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return forward(self, batch)
+
+    monkeypatch.setattr(LossModule, "forward", interrupted_at_step_5)
+    argv = ["train", str(config), f"output_dir={tmp_path / 'run'}"]
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    line = err.splitlines()[-1]
+    step3 = tmp_path / "run" / "checkpoints" / "step-000003"
+    assert err.endswith("\n" + line + "\n")  # on its own line, after the closed progress bar
+    assert line == f"earthsynth: interrupted; {step3} survives; resume with: earthsynth {shlex.join(argv)} --resume latest"
+
+    monkeypatch.setattr(LossModule, "forward", forward)
+    assert main(shlex.split(line.split("resume with: ")[1])[1:]) == 0
+    assert f"resumed from {step3} at step 3" in capsys.readouterr().out
+    with (tmp_path / "run" / "metrics.csv").open() as f:
+        assert [int(row["step"]) for row in csv.DictReader(f)] == [1, 2, 3, 4, 5, 6]
