@@ -37,7 +37,7 @@ GUIDANCE = 4.0
 
 def load(family: str):
     """The bundled pipeline of a family, or one built from its config with random weights."""
-    module = __import__(f"earthsynth.generation.{family}", fromlist=["make_pipeline"])
+    module = __import__(f"earthsynth.generation.{family}.train", fromlist=["make_pipeline"])
     pipeline_class = module.Text2EarthPipeline if family == "text2earth" else module.CRSDiffPipeline
     try:
         pipe, source = pipeline_class.from_pretrained(bundled_checkpoint(family)), "bundled checkpoint"
@@ -75,7 +75,7 @@ def main() -> None:
     prompts = [s["caption"] for s in samples]
     maps = {name: torch.stack([s["controls"][name] for s in samples]) for name in ("canny", "sketch", "content")}
     metadata = [{"gsd": s["metadata"]["gsd"]} for s in samples]
-    (text, _), (null_text, _) = text2earth.encode_prompts(prompts, [""] * args.batch)
+    text, _, null_text, _ = text2earth.encode_prompt(prompts, negative_prompt=[""] * args.batch)
 
     def generators():
         return [torch.Generator().manual_seed(i) for i in range(args.batch)]

@@ -64,11 +64,11 @@ def tiny_metadata_pipeline(family: str):
 
     overrides = ["model.block_out_channels=[16,32,32,32]", "model.attention_head_dim=8"]
     if family == "crsdiff":
-        from earthsynth.generation.crsdiff import make_pipeline
+        from earthsynth.generation.crsdiff.train import make_pipeline
 
         overrides.append("model.adapter_hidden=8")
     else:
-        from earthsynth.generation.text2earth import make_pipeline
+        from earthsynth.generation.text2earth.train import make_pipeline
     config = load_config(Path(__file__).resolve().parents[1] / "configs" / f"{family}.yaml", overrides)
     return make_pipeline(get_family(family).build(config))
 

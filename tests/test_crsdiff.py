@@ -13,7 +13,8 @@ from earthsynth.conditioning.control import LANDCOVER_CLASSES, landcover_from_pi
 from earthsynth.config import load_config
 from earthsynth.data.control_tiles import CONTROL_CHANNELS, ControlTiles
 from earthsynth.data.geotiff import Raster, raster_metadata, read_geotiff, write_geotiff
-from earthsynth.generation.crsdiff import CRSDiffPipeline, make_pipeline
+from earthsynth.generation.crsdiff import CRSDiffPipeline
+from earthsynth.generation.crsdiff.train import make_pipeline
 from earthsynth.registry import get_family
 
 TINY = ["model.block_out_channels=[16,32,32,32]", "model.attention_head_dim=8", "model.adapter_hidden=8"]

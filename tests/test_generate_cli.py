@@ -25,9 +25,9 @@ def tiny_pipeline(folder: Path, family: str) -> Path:
     config = load_config(f"configs/{family}.yaml", ["model.block_out_channels=[16,32,32,32]"])
     components = get_family(family).build(config)
     if family == "text2earth":
-        from earthsynth.generation.text2earth import make_pipeline
+        from earthsynth.generation.text2earth.train import make_pipeline
     else:
-        from earthsynth.generation.crsdiff import make_pipeline
+        from earthsynth.generation.crsdiff.train import make_pipeline
     make_pipeline(components).save_pretrained(folder)
     return folder
 

@@ -11,7 +11,8 @@ from earthsynth.config import load_config
 from earthsynth.data.tiles import GSDBalancedTiles, RealTiles
 from earthsynth.errors import InputError
 from earthsynth.generation.metadata_unet import MetadataUNet
-from earthsynth.generation.text2earth import Text2EarthPipeline, make_pipeline
+from earthsynth.generation.text2earth import Text2EarthPipeline
+from earthsynth.generation.text2earth.train import make_pipeline
 from earthsynth.jobs.load import bundled_checkpoint
 from earthsynth.registry import get_family
 
@@ -45,7 +46,7 @@ def unet_inputs(pipe):
 def test_gsd_changes_the_output_and_none_is_the_null(pipe):
     unet = pipe.unet
     x, t = torch.randn(1, 3, 16, 16), torch.tensor([500])
-    text, mask = (v[:1] for v in pipe.encode_prompts(["forest"], [""])[0])
+    text, mask, _, _ = pipe.encode_prompt("forest", do_classifier_free_guidance=False)
     with torch.no_grad():
         fine = unet(x, t, text, mask, torch.tensor([[0.1]]))
         coarse = unet(x, t, text, mask, torch.tensor([[30.0]]))

@@ -76,11 +76,28 @@ class MetadataUNet(ModelMixin, ConfigMixin):
         return 2 ** (len(self.config.block_out_channels) - 1)
 
     def forward(self, sample, timestep, text_tokens, text_mask, scalars, scalar_drop=None,
-                down_residuals=None, mid_residual=None) -> torch.Tensor:
+                down_residuals=None, mid_residual=None, cross_attention_kwargs=None) -> torch.Tensor:
         metadata = self.scalar_embedding(scalars, scalar_drop).to(sample.dtype)
         return self.unet(sample, timestep, encoder_hidden_states=text_tokens, encoder_attention_mask=text_mask,
                          class_labels=metadata, down_block_additional_residuals=down_residuals,
-                         mid_block_additional_residual=mid_residual).sample
+                         mid_block_additional_residual=mid_residual,
+                         cross_attention_kwargs=cross_attention_kwargs).sample
+
+
+def build_metadata_unet(model_config, sample_size: int, cross_attention_dim: int, scalar_fields,
+                        family: str) -> MetadataUNet:
+    """The UNet a text2earth / crsdiff model config describes (block_out_channels,
+    layers_per_block, attention_levels, attention_head_dim), initialised from
+    `model_config.init_unet` when that names a folder."""
+    down, up = unet_block_types(len(model_config.block_out_channels), model_config.attention_levels)
+    unet = MetadataUNet(sample_size=sample_size, block_out_channels=list(model_config.block_out_channels),
+                        down_block_types=down, up_block_types=up, layers_per_block=model_config.layers_per_block,
+                        attention_head_dim=model_config.attention_head_dim, cross_attention_dim=cross_attention_dim,
+                        scalar_fields=tuple(scalar_fields))
+    if model_config.init_unet:
+        copied, total = init_from_pretrained_unet(unet, model_config.init_unet)
+        print(f"{family}: {copied} of {total} UNet tensors initialised from {model_config.init_unet}")
+    return unet
 
 
 def init_from_pretrained_unet(model: MetadataUNet, directory) -> tuple[int, int]:

@@ -11,6 +11,9 @@ metadata: any subset of year, month, day (or date), gsd (m/px), cloud_cover (per
 lat, lon; missing fields take their learned null. controls: name -> map of (C, H, W) or
 (H, W) values in [0, 1] (uint8 is divided by 255); names and channels in
 `earthsynth.data.control_tiles.CONTROL_CHANNELS`. The maps set the image size.
+diffusers' conventions (num_images_per_prompt, latents=, prompt_embeds with their masks from
+encode_prompt, callback_on_step_end, output_type="latent", return_dict) are described in
+earthsynth.generation.metadata_pipeline.
 """
 
 from __future__ import annotations
@@ -24,8 +27,13 @@ from diffusers.utils import BaseOutput
 
 from earthsynth.conditioning.control import landcover_onehot
 from earthsynth.conditioning.scalars import SCALAR_FIELDS, scalar_values
-from earthsynth.generation.common import guidance_passes, images_for_output
-from earthsynth.generation.text2earth.pipeline import MetadataPipelineBase, as_list
+from earthsynth.generation.common import check_scale, guidance_passes
+from earthsynth.generation.metadata_pipeline import (
+    MetadataPipelineBase,
+    as_list,
+    metadata_conditions,
+    repeat_per_image,
+)
 
 METADATA_KEYS = (*SCALAR_FIELDS, "date")
 
@@ -62,6 +70,31 @@ def map_tensor(name: str, value, channels: int, batch: int) -> torch.Tensor:
     if not torch.isfinite(tensor).all() or tensor.min() < 0 or tensor.max() > 1:
         raise ValueError(f"control map {name!r}: values must be finite and in [0, 1]")
     return tensor
+
+
+def crsdiff_conditions(control_adapter, text, null_text, values: torch.Tensor, maps: Mapping,
+                       map_scales: Mapping, drop_text: torch.Tensor, drop_fields: torch.Tensor,
+                       drop_maps: Mapping) -> dict:
+    """The UNet's conditions for a batch and its drop pattern, in training (ConditionDropout's
+    draw) and at sampling (the guidance passes).
+
+    text, null_text: (tokens, mask) of the prompts and of what replaces a dropped text;
+    values: (B, F) metadata in the UNet's scalar_fields order, NaN = unknown;
+    maps: name -> (B, C, H, W) in [0, 1]; map_scales: name -> (B,) weight (0 where a sample
+    has no such map); drop_text (B,), drop_fields (B, F), drop_maps name -> (B,) bool.
+    The control residuals ("down", "mid") are None when no sample keeps a map.
+    """
+    conditions = metadata_conditions(text, null_text, values, drop_text, drop_fields)
+    device = conditions["tokens"].device
+    scales = {name: torch.as_tensor(map_scales[name], dtype=torch.float32) * ~drop_maps[name] for name in maps}
+    kept = {name: scale for name, scale in scales.items() if scale.any()}
+    conditions["down"] = conditions["mid"] = None
+    if kept:
+        dtype = next(control_adapter.parameters()).dtype
+        conditions["down"], conditions["mid"] = control_adapter(
+            {name: maps[name].to(device, dtype) for name in kept},
+            {name: scale.to(device, dtype) for name, scale in kept.items()})
+    return conditions
 
 
 class CRSDiffPipeline(MetadataPipelineBase):
@@ -109,41 +142,18 @@ class CRSDiffPipeline(MetadataPipelineBase):
         for name, scale in control_scales.items():
             if name not in maps:
                 raise ValueError(f"a control scale for {name!r}, but no {name!r} map")
-            if not isinstance(scale, (int, float)) or scale < 0:
-                raise ValueError(f"control scale for {name!r} must be a number >= 0, got {scale!r}")
+            check_scale(f"control scale for {name!r}", scale)
         return maps, {name: float(control_scales.get(name, 1.0)) for name in maps}
 
-    # 2. conditions, stacked in the order of the guidance passes
-    def encode_conditions(self, prompts, negatives, values, maps, scales, guidance_scale, condition_scale):
-        (text, mask), (null_text, null_mask) = self.encode_prompts(prompts, negatives)
-        keep, drop = torch.zeros_like(values, dtype=torch.bool), torch.ones_like(values, dtype=torch.bool)
-        stacked = [{"all": (text, mask, keep), "text": (text, mask, drop), "none": (null_text, null_mask, drop)}[name]
-                   for name in guidance_passes(guidance_scale, condition_scale)]
-        conditions = {"tokens": torch.cat([s[0] for s in stacked]), "mask": torch.cat([s[1] for s in stacked]),
-                      "scalars": values.repeat(len(stacked), 1), "drop": torch.cat([s[2] for s in stacked]),
-                      "down": None, "mid": None}
-        if maps:
-            # the maps do not change between steps: their residuals are computed once per call,
-            # and only the first pass (all conditions) gets them
-            down, mid = self.control_adapter({n: m.to(self.device, self.unet.dtype) for n, m in maps.items()},
-                                             scales)
-            padding = len(stacked) - 1
-
-            def first_pass_only(residual):
-                return torch.cat([residual] + [torch.zeros_like(residual)] * padding)
-
-            conditions["down"] = [first_pass_only(r) for r in down]
-            conditions["mid"] = first_pass_only(mid)
-        return conditions
-
-    def model_output(self, latents, t, conditions):
+    def model_output(self, latents, t, conditions, cross_attention_kwargs=None):
         return self.unet(latents, t, conditions["tokens"], conditions["mask"], conditions["scalars"],
-                         conditions["drop"], down_residuals=conditions["down"], mid_residual=conditions["mid"])
+                         conditions["drop"], down_residuals=conditions["down"], mid_residual=conditions["mid"],
+                         cross_attention_kwargs=cross_attention_kwargs)
 
     @torch.no_grad()
     def __call__(
         self,
-        prompt: str | list[str],
+        prompt: str | list[str] | None = None,
         metadata: Mapping | list[Mapping] | None = None,
         controls: Mapping | None = None,
         control_scales: Mapping | None = None,
@@ -155,13 +165,24 @@ class CRSDiffPipeline(MetadataPipelineBase):
         negative_prompt: str | list[str] | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "pil",
-    ) -> CRSDiffPipelineOutput:
+        num_images_per_prompt: int = 1,
+        latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        prompt_attention_mask: torch.Tensor | None = None,
+        negative_prompt_attention_mask: torch.Tensor | None = None,
+        cross_attention_kwargs: dict | None = None,
+        callback_on_step_end=None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+        return_dict: bool = True,
+    ) -> CRSDiffPipelineOutput | tuple:
         # 1. check the request
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        if not prompts or not all(isinstance(p, str) for p in prompts):
-            raise ValueError("prompt must be a string or a non-empty list of strings")
-        batch = len(prompts)
-        negatives = as_list(negative_prompt or "", batch, "negative_prompt")
+        callback_names = self.check_common_inputs(
+            prompt, prompt_embeds, negative_prompt, negative_prompt_embeds, prompt_attention_mask,
+            negative_prompt_attention_mask, num_inference_steps,
+            {"guidance_scale": guidance_scale, "condition_scale": condition_guidance_scale},
+            output_type, callback_on_step_end, callback_on_step_end_tensor_inputs)
+        batch = self.batch_size(prompt, prompt_embeds)
         values = self.check_metadata(as_list(metadata or {}, batch, "metadata"))
         maps, scales = self.prepare_controls(controls, control_scales, batch)
         if maps:
@@ -170,17 +191,30 @@ class CRSDiffPipeline(MetadataPipelineBase):
                 raise ValueError(f"control maps are {map_height}x{map_width}, the image is asked {height}x{width}")
             height, width = map_height, map_width
         height, width = height or self.unet.config.sample_size, width or self.unet.config.sample_size
-        self.check_size(height, width, None, 0)
-        self.check_guidance(num_inference_steps, guidance_scale, condition_guidance_scale)
+        self.check_size(height, width)
+        self._guidance_scale = guidance_scale
 
-        # 2. text, metadata and control residuals, with the dropped versions guidance needs
-        conditions = self.encode_conditions(prompts, negatives, values, maps, scales, guidance_scale,
-                                            condition_guidance_scale)
+        # 2. text, metadata and control residuals, stacked with the dropped versions guidance needs
+        # (the maps do not change between steps: their residuals are computed once per call)
+        passes = guidance_passes(guidance_scale, condition_guidance_scale)
+        embeds = self.encode_prompt(prompt, self._execution_device, num_images_per_prompt, "none" in passes,
+                                    negative_prompt, prompt_embeds, negative_prompt_embeds, prompt_attention_mask,
+                                    negative_prompt_attention_mask)
+        text, null_text, drop_text, drop_rest = self.stacked_text(passes, *embeds)
+        values = repeat_per_image(values, num_images_per_prompt).repeat(len(passes), 1)
+        maps = {name: repeat_per_image(m, num_images_per_prompt).repeat(len(passes), 1, 1, 1)
+                for name, m in maps.items()}
+        conditions = crsdiff_conditions(
+            self.control_adapter, text, null_text, values, maps,
+            {name: torch.full((len(drop_rest),), scales[name]) for name in maps}, drop_text,
+            drop_rest[:, None].expand_as(values), {name: drop_rest for name in maps})
 
         # 3-4. noise and the denoising loop
-        images = self.denoise(conditions, batch, height, width, num_inference_steps, guidance_scale,
-                              condition_guidance_scale, generator, None, 0)
+        total = batch * num_images_per_prompt
+        samples = self.denoise(conditions, (total, self.unet.config.out_channels, height, width),
+                               num_inference_steps, condition_guidance_scale, generator, latents,
+                               cross_attention_kwargs=cross_attention_kwargs, callback=callback_on_step_end,
+                               callback_names=callback_names)
 
         # 5. output
-        self.maybe_free_model_hooks()
-        return CRSDiffPipelineOutput(images=images_for_output(images, output_type))
+        return self.finish(samples, output_type, return_dict, CRSDiffPipelineOutput)

@@ -1,4 +1,4 @@
-"""crsdiff: text + metadata + control maps -> image (after CRS-Diff).
+"""crsdiff's training family: text + metadata + control maps -> image (after CRS-Diff).
 
 Metadata (date, GSD, cloud cover, position) is embedded field by field and added to the
 timestep embedding (earthsynth.generation.metadata_unet); every control map has its own
@@ -6,6 +6,7 @@ small conv pyramid in the shared ControlAdapter, whose zero-initialised outputs 
 at every scale to the UNet's skip connections and middle block. In training, text,
 metadata (whole and field by field) and every map are dropped independently, so any subset
 of conditions is a request the model has seen and guidance can push away from "nothing".
+The loss builds the UNet's conditions with the pipeline's own crsdiff_conditions.
 Trained with `earthsynth train configs/crsdiff.yaml` on the real tiles of
 earthsynth.data.control_tiles.
 """
@@ -21,20 +22,18 @@ from diffusers import DPMSolverMultistepScheduler
 
 from earthsynth.conditioning import ConditionDropout, ControlAdapter, TextConditioner
 from earthsynth.conditioning.scalars import SCALAR_FIELDS, scalar_values
-from earthsynth.data.flips import random_flips
 from earthsynth.data.control_tiles import CONTROL_CHANNELS, ControlTiles
+from earthsynth.data.flips import random_flips
 from earthsynth.data.tiles import collate_samples
 from earthsynth.generation.common import to_pil
-from earthsynth.generation.crsdiff.pipeline import CRSDiffPipeline, CRSDiffPipelineOutput
-from earthsynth.generation.metadata_unet import (
-    MetadataUNet,
-    init_from_pretrained_unet,
-    unet_block_types,
-)
+from earthsynth.generation.crsdiff.pipeline import CRSDiffPipeline, crsdiff_conditions
+from earthsynth.generation.metadata_pipeline import encode_text
+from earthsynth.generation.metadata_unet import build_metadata_unet
 from earthsynth.registry import Family
 from earthsynth.training.objective import DiffusionObjective, make_noise_scheduler
 
-__all__ = ["CRSDiffPipeline", "CRSDiffPipelineOutput", "CRSDiffModelConfig", "FAMILY"]
+__all__ = ["CRSDiffModelConfig", "build", "dataset", "batch_controls", "loss", "make_pipeline", "preview",
+           "export", "FAMILY"]
 
 
 @dataclass
@@ -59,15 +58,8 @@ class CRSDiffModelConfig:
 def build(config) -> dict:
     mc = config.model
     text = TextConditioner.from_pretrained(mc.text_encoder or None)
-    down, up = unet_block_types(len(mc.block_out_channels), mc.attention_levels)
-    unet = MetadataUNet(sample_size=config.data.tile_size, block_out_channels=list(mc.block_out_channels),
-                        down_block_types=down, up_block_types=up, layers_per_block=mc.layers_per_block,
-                        attention_head_dim=mc.attention_head_dim, cross_attention_dim=text.dim,
-                        scalar_fields=SCALAR_FIELDS)
+    unet = build_metadata_unet(mc, config.data.tile_size, text.dim, SCALAR_FIELDS, config.family)
     adapter = ControlAdapter.from_unet_config(unet.unet.config, dict(CONTROL_CHANNELS), hidden=mc.adapter_hidden)
-    if mc.init_unet:
-        copied, total = init_from_pretrained_unet(unet, mc.init_unet)
-        print(f"{config.family}: {copied} of {total} UNet tensors initialised from {mc.init_unet}")
     tc = config.train
     noise_scheduler = make_noise_scheduler(tc.num_train_timesteps, tc.beta_schedule, tc.prediction_type)
     probabilities = {"text": mc.text_dropout, "metadata": mc.metadata_dropout}
@@ -89,12 +81,12 @@ def dataset(config):
                         overlap=dc.overlap, balance_gsd=config.model.balance_gsd)
 
 
-def batch_controls(batch: dict, drops: dict, height: int, width: int):
+def batch_controls(batch: dict, height: int, width: int):
     """The batch's maps stacked per name (zeros where a tile has none) and per-sample scales
-    (1 where the map exists and is not dropped); names nobody in the batch keeps are left out."""
+    (1 where the tile has the map); names no tile in the batch has are left out."""
     maps, scales = {}, {}
     for name, channels in CONTROL_CHANNELS.items():
-        present = torch.tensor([name in c for c in batch["controls"]]) & ~drops[name]
+        present = torch.tensor([name in c for c in batch["controls"]])
         if not present.any():
             continue
         zero = torch.zeros(channels, height, width)
@@ -104,30 +96,29 @@ def batch_controls(batch: dict, drops: dict, height: int, width: int):
 
 
 def loss(components: dict, batch: dict) -> torch.Tensor:
-    unet, adapter, config = components["unet"], components["control_adapter"], components["config"]
+    unet, config = components["unet"], components["config"]
     mc = config.model
     device = unet.device
     images = batch["image"]
     batch_size, _, height, width = images.shape
     drops = components["dropout"].sample(batch_size)
-    maps, scales = batch_controls(batch, drops, height, width)
+    maps, scales = batch_controls(batch, height, width)
     if config.data.hflip:  # flip the image and its maps together
         stacked = random_flips(torch.cat([images] + list(maps.values()), dim=1))
         images, rest = stacked[:, :3], stacked[:, 3:].split([m.shape[1] for m in maps.values()], dim=1)
         maps = dict(zip(maps, rest))
     images = images.to(device) * 2 - 1
-    prompts = ["" if dropped else p for p, dropped in zip(batch["caption"], drops["text"].tolist())]
-    text = components["text"].encode(prompts, max_length=mc.max_text_tokens)
-    tokens, mask = text.tokens.to(device), text.mask.to(device)
-    values = scalar_values(batch["metadata"], unet.config.scalar_fields).to(device)
-    field_drop = (torch.rand(values.shape) < mc.field_dropout) | drops["metadata"][:, None]
-    down = mid = None
-    if maps:
-        down, mid = adapter({n: m.to(device) for n, m in maps.items()}, {n: s.to(device) for n, s in scales.items()})
+    captions = list(batch["caption"])
+    text, null_text = encode_text(components["text"], captions, [""] * len(captions), mc.max_text_tokens)
+    text, null_text = [tuple(t.to(device) for t in pair) for pair in (text, null_text)]
+    values = scalar_values(batch["metadata"], unet.config.scalar_fields)
+    drop_fields = (torch.rand(values.shape) < mc.field_dropout) | drops["metadata"][:, None]
+    conditions = crsdiff_conditions(components["control_adapter"], text, null_text, values, maps, scales,
+                                    drops["text"], drop_fields, drops)
 
     def predict(noisy, timesteps):
-        return unet(noisy, timesteps, tokens, mask, values, field_drop.to(device), down_residuals=down,
-                    mid_residual=mid)
+        return unet(noisy, timesteps, conditions["tokens"], conditions["mask"], conditions["scalars"],
+                    conditions["drop"], down_residuals=conditions["down"], mid_residual=conditions["mid"])
 
     return components["objective"](images, predict)
 

