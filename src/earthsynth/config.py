@@ -1,14 +1,18 @@
 """YAML run configs -> dataclasses, with `key=value` overrides.
 
-A run config names a family and holds three sections: `model` (the family's own dataclass),
-`data` and `train`. Unknown keys are errors with a close-match suggestion, so a typo never
-silently trains the default. Override values are parsed as YAML scalars (never `eval`).
+A run config names a family and holds the sections `model` (the family's own dataclass),
+`data`, `train` and, for the families that train with the shared diffusion objective
+(`Family.objective`), `objective`. Every key is read by what declares it: unknown keys are
+errors with a close-match suggestion, so a typo never silently trains the default, and an
+`objective` section is refused for a family that would ignore it. Override values are parsed
+as YAML scalars (never `eval`).
 
     family: smoke
     output_dir: runs/smoke
     model: {block_out_channels: [32, 64]}
     data: {tile_size: 32}
     train: {max_steps: 200, learning_rate: 3.0e-4}
+    objective: {prediction_type: v_prediction, snr_gamma: 5.0}
 """
 
 from __future__ import annotations
@@ -54,10 +58,6 @@ class TrainConfig:
     # (accelerate launch --mixed_precision), else no. A launcher asking for another is refused.
     mixed_precision: str = ""
     ema_decay: float = 0.0  # 0 turns EMA off; e.g. 0.999
-    prediction_type: str = "epsilon"  # epsilon or v_prediction
-    snr_gamma: float = 0.0  # 0 = plain MSE; 5.0 = min-SNR weighting (Hang et al. 2023)
-    num_train_timesteps: int = 1000
-    beta_schedule: str = "scaled_linear"  # linear, scaled_linear, squaredcos_cap_v2
     checkpoint_every: int = 500  # steps; the last step is always checkpointed
     keep_checkpoints: int = 2  # older step-* folders are deleted
     preview_every: int = 0  # steps; 0 = only at the end
@@ -68,15 +68,30 @@ class TrainConfig:
 
 
 @dataclass
+class ObjectiveConfig:
+    """earthsynth.training.objective's noise schedule, target and weighting. Only the families
+    that train with it have this section; hsi and ediffsr set their own schedules in `model`."""
+
+    prediction_type: str = "epsilon"  # epsilon or v_prediction
+    snr_gamma: float = 0.0  # 0 = plain MSE; 5.0 = min-SNR weighting (Hang et al. 2023)
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "scaled_linear"  # linear, scaled_linear, squaredcos_cap_v2
+
+
+@dataclass
 class RunConfig:
     family: str
     output_dir: str
     model: Any
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    objective: ObjectiveConfig | None = None  # None for a family without the shared objective
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        tree = dataclasses.asdict(self)
+        if self.objective is None:
+            del tree["objective"]
+        return tree
 
 
 def _suggest(key: str, options) -> str:
@@ -182,19 +197,30 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), tree:
     tree = copy.deepcopy(tree or {})  # overrides must not change the caller's dict
     for override in overrides:
         apply_override(tree, override)
-    top = {"family", "output_dir", "model", "data", "train"}
+    top = {"family", "output_dir", "model", "data", "train", "objective"}
     for key in tree:
         if key not in top:
             raise InputError(source, f"unknown key '{key}'{_suggest(key, sorted(top))}")
     if "family" not in tree:
         raise InputError(source, "missing 'family' (one of the registered model families)")
     family = get_family(tree["family"])
+    objective_keys = {f.name for f in dataclasses.fields(ObjectiveConfig)}
+    for key in sorted(objective_keys & set(tree.get("train") or {})):
+        # these were train keys before they had their own section, read or not
+        if family.objective:
+            raise InputError(source, f"train.{key} moved to objective.{key} (the diffusion objective's own section)")
+        raise InputError(source, f"train.{key} is not read by family {family.name}, which does not train with the "
+                                 "shared diffusion objective; remove it")
+    if "objective" in tree and not family.objective:
+        raise InputError(source, f"family {family.name} does not train with the shared diffusion objective; "
+                                 "its 'objective' section would be ignored, remove it")
     return RunConfig(
         family=family.name,
         output_dir=str(tree.get("output_dir") or f"runs/{family.name}"),
         model=from_dict(family.model_config, tree.get("model"), f"{source}: model"),
         data=from_dict(DataConfig, tree.get("data"), f"{source}: data"),
         train=from_dict(TrainConfig, tree.get("train"), f"{source}: train"),
+        objective=from_dict(ObjectiveConfig, tree.get("objective"), f"{source}: objective") if family.objective else None,
     )
 
 

@@ -1,4 +1,5 @@
-"""The diffusion training objective every family shares: noise, target, weighting."""
+"""The diffusion training objective the latent-diffusion families share (`Family.objective`):
+noise, target, weighting, configured by a run config's `objective` section."""
 
 from __future__ import annotations
 
@@ -7,12 +8,22 @@ from collections.abc import Callable
 import torch
 from diffusers import DDPMScheduler
 
+from earthsynth.config import ObjectiveConfig
+from earthsynth.errors import InputError
 
-def make_noise_scheduler(num_train_timesteps: int, beta_schedule: str, prediction_type: str) -> DDPMScheduler:
-    if prediction_type not in ("epsilon", "v_prediction"):
-        raise ValueError(f"prediction_type must be epsilon or v_prediction, got {prediction_type!r}")
-    return DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule,
-                         prediction_type=prediction_type, clip_sample=False)
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+
+
+def make_noise_scheduler(objective: ObjectiveConfig) -> DDPMScheduler:
+    if objective.prediction_type not in ("epsilon", "v_prediction"):
+        raise InputError("objective.prediction_type", f"must be epsilon or v_prediction, got {objective.prediction_type!r}")
+    if objective.beta_schedule not in BETA_SCHEDULES:
+        raise InputError("objective.beta_schedule", f"must be one of {', '.join(BETA_SCHEDULES)}, "
+                                                    f"got {objective.beta_schedule!r}")
+    if objective.num_train_timesteps < 2:
+        raise InputError("objective.num_train_timesteps", f"must be at least 2, got {objective.num_train_timesteps}")
+    return DDPMScheduler(num_train_timesteps=objective.num_train_timesteps, beta_schedule=objective.beta_schedule,
+                         prediction_type=objective.prediction_type, clip_sample=False)
 
 
 class DiffusionObjective:

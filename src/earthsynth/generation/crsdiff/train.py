@@ -60,8 +60,7 @@ def build(config) -> dict:
     text = TextConditioner.from_pretrained(mc.text_encoder or None)
     unet = build_metadata_unet(mc, config.data.tile_size, text.dim, SCALAR_FIELDS, config.family)
     adapter = ControlAdapter.from_unet_config(unet.unet.config, dict(CONTROL_CHANNELS), hidden=mc.adapter_hidden)
-    tc = config.train
-    noise_scheduler = make_noise_scheduler(tc.num_train_timesteps, tc.beta_schedule, tc.prediction_type)
+    noise_scheduler = make_noise_scheduler(config.objective)
     probabilities = {"text": mc.text_dropout, "metadata": mc.metadata_dropout}
     probabilities.update({name: mc.map_dropout for name in CONTROL_CHANNELS})
     return {
@@ -69,7 +68,7 @@ def build(config) -> dict:
         "control_adapter": adapter,
         "text": text,
         "noise_scheduler": noise_scheduler,
-        "objective": DiffusionObjective(noise_scheduler, tc.snr_gamma),
+        "objective": DiffusionObjective(noise_scheduler, config.objective.snr_gamma),
         "dropout": ConditionDropout(probabilities, drop_all=mc.drop_all),
         "config": config,
     }
@@ -164,5 +163,6 @@ FAMILY = Family(
     loss=loss,
     preview=preview,
     export=export,
+    objective=True,
     description="text + metadata + control maps (canny, sketch, content, dem, landcover, road) -> image",
 )

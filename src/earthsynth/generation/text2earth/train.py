@@ -54,13 +54,12 @@ def build(config) -> dict:
     mc = config.model
     text = TextConditioner.from_pretrained(mc.text_encoder or None)
     unet = build_metadata_unet(mc, config.data.tile_size, text.dim, ("gsd",), config.family)
-    tc = config.train
-    noise_scheduler = make_noise_scheduler(tc.num_train_timesteps, tc.beta_schedule, tc.prediction_type)
+    noise_scheduler = make_noise_scheduler(config.objective)
     return {
         "unet": unet,
         "text": text,
         "noise_scheduler": noise_scheduler,
-        "objective": DiffusionObjective(noise_scheduler, tc.snr_gamma),
+        "objective": DiffusionObjective(noise_scheduler, config.objective.snr_gamma),
         "dropout": ConditionDropout({"text": mc.text_dropout, "gsd": mc.gsd_dropout}, drop_all=mc.drop_all),
         "config": config,
     }
@@ -135,5 +134,6 @@ FAMILY = Family(
     loss=loss,
     preview=preview,
     export=export,
+    objective=True,
     description="text + ground sample distance -> image of any size, tiled scenes, inpainting",
 )
