@@ -9,7 +9,8 @@ from diffusers import DDIMScheduler
 
 from earthsynth.boxes import Boxes
 from earthsynth.config import load_config
-from earthsynth.generation.aerogen import AeroGenPipeline, build, make_pipeline
+from earthsynth.generation.aerogen import AeroGenPipeline
+from earthsynth.generation.aerogen.train import build, make_pipeline
 from earthsynth.generation.aerogen.model import (
     LayoutAttnProcessor,
     LayoutInputs,

@@ -25,7 +25,13 @@ import torch
 import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+from diffusers.models.attention_processor import (
+    Attention,
+    AttnProcessor,
+    AttnProcessor2_0,
+    SlicedAttnProcessor,
+    XFormersAttnProcessor,
+)
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
@@ -56,13 +62,17 @@ class LayoutInputs:
         return self.pooled[positions]
 
 
-class SelfAttnProcessor(AttnProcessor2_0):
-    """diffusers' SDPA processor, accepting (and ignoring) the layout the UNet hands to
-    every attention layer through cross_attention_kwargs."""
+class SelfAttnProcessor:
+    """Self-attention: runs whichever diffusers processor the attention switches chose
+    (SDPA by default, sliced, xformers...), accepting (and ignoring) the layout the UNet
+    hands to every attention layer through cross_attention_kwargs."""
+
+    def __init__(self, processor=None):
+        self.processor = processor if processor is not None else AttnProcessor2_0()
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
-                 layout: LayoutInputs | None = None):
-        return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+                 layout: LayoutInputs | None = None, layout_scale: float = 1.0):
+        return self.processor(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
 
 
 def pool_masks(masks: torch.Tensor, tokens: int) -> torch.Tensor:
@@ -76,18 +86,59 @@ def pool_masks(masks: torch.Tensor, tokens: int) -> torch.Tensor:
     return F.adaptive_max_pool2d(masks, (h, w)).flatten(2)
 
 
+def attend(query, key, value, bias, kind, scale: float) -> torch.Tensor:
+    """softmax(q k^T * scale + bias) v for (B, heads, L, d) queries and (B, heads, S, d) keys and
+    values, computed the way the diffusers processor `kind` computes it: SDPA (AttnProcessor2_0,
+    and AttnProcessor, whose plain softmax gives the same numbers), in slices of `slice_size`
+    (batch x head) rows (SlicedAttnProcessor) or by xformers (XFormersAttnProcessor).
+    bias is additive, broadcastable to (B, heads, L, S), or None."""
+    if isinstance(kind, (AttnProcessor2_0, AttnProcessor)):
+        # no explicit scale: the default 1/sqrt(d) keeps the bundled model's numbers bit for bit
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=bias)
+    batch, heads, length, dim = query.shape
+    rows = batch * heads
+    query, key, value = (x.reshape(rows, -1, dim) for x in (query, key, value))
+    if bias is not None:
+        bias = bias.to(query.dtype).expand(batch, heads, length, key.shape[1]).reshape(rows, length, -1)
+    if isinstance(kind, SlicedAttnProcessor):
+        out = torch.empty_like(query)
+        for start in range(0, rows, kind.slice_size):
+            part = slice(start, start + kind.slice_size)
+            out[part] = F.scaled_dot_product_attention(query[part], key[part], value[part],
+                                                       attn_mask=None if bias is None else bias[part], scale=scale)
+    elif isinstance(kind, XFormersAttnProcessor):
+        import xformers.ops
+
+        if bias is not None:
+            # xformers wants the bias's rows 8-aligned in memory: pad the storage, keep the view
+            aligned = -(-bias.shape[-1] // 8) * 8
+            bias = bias.new_zeros(rows, length, aligned)[..., : bias.shape[-1]].copy_(bias)
+        out = xformers.ops.memory_efficient_attention(query.contiguous(), key.contiguous(), value.contiguous(),
+                                                      attn_bias=bias, op=kind.attention_op, scale=scale)
+    else:
+        raise ValueError(f"the layout attention cannot run as {type(kind).__name__}")
+    return out.reshape(batch, heads, length, dim)
+
+
 class LayoutAttnProcessor(nn.Module):
     """Text cross-attention + masked layout cross-attention with separate key/value
-    projections (decoupled), summed."""
+    projections (decoupled), summed.
+
+    `kind` is the diffusers processor whose way of computing attention this one follows
+    (SDPA by default); the attention switches set it (see LayoutAttention), the layout
+    projections stay."""
 
     def __init__(self, inner_dim: int, layout_dim: int, scale: float = 1.0):
         super().__init__()
         self.to_k_layout = nn.Linear(layout_dim, inner_dim, bias=False)
         self.to_v_layout = nn.Linear(layout_dim, inner_dim, bias=False)
         self.scale = scale
+        self.kind = AttnProcessor2_0()
 
     def __call__(self, attn: Attention, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
-                 layout: LayoutInputs | None = None):
+                 layout: LayoutInputs | None = None, layout_scale: float = 1.0):
+        """layout_scale (a cross_attention_kwargs entry) multiplies the layout attention's
+        contribution at inference: 0 ignores the boxes' tokens."""
         if hidden_states.ndim != 3 or attn.spatial_norm is not None or attn.group_norm is not None:
             raise ValueError("the layout processor expects the (B, HW, C) tokens of a transformer block")
         residual = hidden_states
@@ -102,21 +153,47 @@ class LayoutAttnProcessor(nn.Module):
         if attention_mask is not None:
             attention_mask = attn.prepare_attention_mask(attention_mask, text.shape[1], batch)
             attention_mask = attention_mask.view(batch, heads, -1, attention_mask.shape[-1])
-        out = F.scaled_dot_product_attention(query, split_heads(attn.to_k(text)), split_heads(attn.to_v(text)),
-                                             attn_mask=attention_mask)
+        out = attend(query, split_heads(attn.to_k(text)), split_heads(attn.to_v(text)), attention_mask, self.kind,
+                     attn.scale)
         if layout is not None:
             allowed = layout.allowed(positions)  # (B, K, HW)
             bias = torch.zeros(allowed.shape, dtype=query.dtype, device=query.device)
             bias = bias.masked_fill(~allowed, float("-inf")).transpose(1, 2)[:, None]  # (B, 1, HW, K)
             tokens = layout.tokens.to(query.dtype)
-            out_layout = F.scaled_dot_product_attention(
-                query, split_heads(self.to_k_layout(tokens)), split_heads(self.to_v_layout(tokens)), attn_mask=bias)
-            out = out + self.scale * out_layout
+            out_layout = attend(query, split_heads(self.to_k_layout(tokens)), split_heads(self.to_v_layout(tokens)),
+                                bias, self.kind, attn.scale)
+            out = out + self.scale * layout_scale * out_layout
         out = out.transpose(1, 2).reshape(batch, positions, -1).to(query.dtype)
         out = attn.to_out[1](attn.to_out[0](out))
         if attn.residual_connection:
             out = out + residual
         return out / attn.rescale_output_factor
+
+
+class LayoutAttention(Attention):
+    """diffusers' Attention whose processor switches keep our processors.
+
+    Every switch (`set_attn_processor`, `set_default_attn_processor`, attention slicing,
+    xformers on and off) ends in `set_processor` with a stock diffusers processor, which
+    would drop the layout attention and its trained projections. Here the stock processor
+    only chooses how attention is computed: a self-attention layer runs it, a layout layer
+    follows it (SDPA, sliced or xformers; see `attend`). The UNet's attention modules are
+    turned into this class after diffusers builds them (same state, same keys)."""
+
+    def set_processor(self, processor) -> None:
+        current = getattr(self, "processor", None)
+        if isinstance(processor, (LayoutAttnProcessor, SelfAttnProcessor)):
+            super().set_processor(processor)
+        elif isinstance(current, SelfAttnProcessor):
+            current.processor = processor
+        elif isinstance(current, LayoutAttnProcessor):
+            if not isinstance(processor, (AttnProcessor2_0, AttnProcessor, SlicedAttnProcessor, XFormersAttnProcessor)):
+                raise ValueError(f"{type(processor).__name__} would replace the layout attention (the boxes would be "
+                                 "ignored); the layout layers run as AttnProcessor2_0, AttnProcessor, "
+                                 "SlicedAttnProcessor or XFormersAttnProcessor")
+            current.kind = processor
+        else:
+            super().set_processor(processor)
 
 
 def layout_canvas(masks: torch.Tensor) -> torch.Tensor:
@@ -167,11 +244,38 @@ class AeroGenUNet(ModelMixin, ConfigMixin):
         processors = {}
         for name, module in self.unet.named_modules():
             if isinstance(module, Attention):
+                module.__class__ = LayoutAttention  # so diffusers' attention switches keep the layout
                 if name.endswith("attn2"):
                     processors[f"{name}.processor"] = LayoutAttnProcessor(module.to_k.out_features, layout_dim, layout_scale)
                 else:
                     processors[f"{name}.processor"] = SelfAttnProcessor()
         self.unet.set_attn_processor(processors)
+
+    # diffusers' attention switches, on the inner UNet: its attention layers are LayoutAttention,
+    # so each switch changes how attention is computed and keeps the layout attention
+    @property
+    def attn_processors(self) -> dict:
+        return self.unet.attn_processors
+
+    def set_attn_processor(self, processor) -> None:
+        self.unet.set_attn_processor(processor)
+
+    def set_default_attn_processor(self) -> None:
+        """PyTorch's SDPA everywhere, as after loading (the inner UNet's own version refuses our processors)."""
+        self.unet.set_attn_processor(AttnProcessor2_0())
+
+    def set_attention_slice(self, slice_size="auto") -> None:
+        """What pipe.enable_attention_slicing calls (None turns slicing off)."""
+        self.unet.set_attention_slice(slice_size)
+
+    def set_use_memory_efficient_attention_xformers(self, valid: bool, attention_op=None) -> None:
+        if valid:
+            import importlib.util
+
+            if importlib.util.find_spec("xformers") is None or not torch.cuda.is_available():
+                raise ValueError("xformers attention needs the xformers package and a CUDA device; "
+                                 "the model keeps PyTorch's SDPA attention")
+        super().set_use_memory_efficient_attention_xformers(valid, attention_op)
 
     def prepare_layout(self, layout_tokens, corners, valid, height: int, width: int) -> LayoutInputs:
         """Rasterise the layout once: object masks, their pooled versions and the canvas."""
@@ -181,14 +285,15 @@ class AeroGenUNet(ModelMixin, ConfigMixin):
         return LayoutInputs(tokens=layout_tokens, masks=torch.cat([background, object_masks], dim=1), canvas=canvas)
 
     def forward(self, sample, timestep, text_tokens, text_mask, layout_tokens=None, corners=None, valid=None,
-                layout: LayoutInputs | None = None):
-        """Either layout_tokens + corners + valid, or a LayoutInputs from prepare_layout."""
+                layout: LayoutInputs | None = None, cross_attention_kwargs: dict | None = None):
+        """Either layout_tokens + corners + valid, or a LayoutInputs from prepare_layout.
+        cross_attention_kwargs go to every attention processor (e.g. layout_scale)."""
         if layout is None:
             layout = self.prepare_layout(layout_tokens, corners, valid, *sample.shape[-2:])
         if layout.canvas is not None:
             sample = torch.cat([sample, layout.canvas.to(sample.dtype)], dim=1)
         return self.unet(sample, timestep, encoder_hidden_states=text_tokens, encoder_attention_mask=text_mask,
-                         cross_attention_kwargs={"layout": layout}).sample
+                         cross_attention_kwargs={**(cross_attention_kwargs or {}), "layout": layout}).sample
 
 
 def encode_layout(layout_encoder, corners: torch.Tensor, class_embeddings: torch.Tensor, valid: torch.Tensor,

@@ -8,6 +8,10 @@
 A box is xyxy (4 numbers), cx, cy, w, h, angle in degrees clockwise (5 numbers) or 4 corners
 ((4, 2) numbers), in pixels of the requested size; an `earthsynth.boxes.Boxes` is accepted
 too (its labels are used). For a batch, give lists of prompts, box lists and label lists.
+
+The call follows StableDiffusionPipeline's conventions (num_images_per_prompt, negative_prompt,
+prompt_embeds with PixArt's attention masks, latents, callback_on_step_end, return_dict,
+output_type="latent"). The condition encoding below is the one training uses too (train.loss).
 """
 
 from __future__ import annotations
@@ -21,9 +25,20 @@ from diffusers.utils import BaseOutput
 
 from earthsynth.boxes import Boxes
 from earthsynth.conditioning.layout import layout_from_boxes
-from earthsynth.conditioning.text import TextConditioner
 from earthsynth.generation.aerogen.model import encode_layout
-from earthsynth.generation.common import combine_guidance, images_for_output, initial_noise
+from earthsynth.generation.common import (
+    TextModelMixin,
+    callback_tensor_names,
+    check_scale,
+    combine_guidance,
+    guidance_passes,
+    images_for_output,
+    per_image,
+    prepare_latents,
+    step_callback,
+)
+
+MAX_TEXT_TOKENS = 32  # prompt length of the pipeline (the model config's max_text_tokens default)
 
 
 @dataclass
@@ -71,44 +86,93 @@ def boxes_from_user(boxes, labels, where: str) -> Boxes:
     return Boxes(np.stack(rboxes), [str(label) for label in labels], rotated=rotated)
 
 
-class AeroGenPipeline(DiffusionPipeline):
+# --- condition encoding, written once: the pipeline and train.loss both use these -------------
+
+
+def class_embeddings(text_conditioner, labels: list[list[str]], cache: dict | None = None) -> torch.Tensor:
+    """(B, N, D) pooled text embeddings of each slot's class name (zeros for empty slots).
+    `cache` (class name -> embedding) spares training the names it has already seen."""
+    table = cache if cache is not None else {}
+    missing = sorted({label for row in labels for label in row if label and label not in table})
+    if missing:
+        pooled = text_conditioner.encode([class_phrase(name) for name in missing]).pooled.float()
+        table.update(zip(missing, pooled))
+    zero = torch.zeros(text_conditioner.dim)
+    return torch.stack([torch.stack([table.get(label, zero).cpu() for label in row]) for row in labels])
+
+
+def encode_text(text_conditioner, prompts: list[str], drop: torch.Tensor | None = None,
+                max_length: int = MAX_TEXT_TOKENS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompt tokens (B, T, D) and their mask (B, T); a dropped prompt is the empty one."""
+    if drop is not None:
+        prompts = ["" if dropped else prompt for prompt, dropped in zip(prompts, drop.tolist())]
+    text = text_conditioner.encode(list(prompts), max_length=max_length)
+    return text.tokens, text.mask
+
+
+def encode_layouts(text_conditioner, layout_encoder, layouts: list[Boxes], height: int, width: int,
+                   drop: torch.Tensor, cache: dict | None = None):
+    """Boxes of each image -> (layout tokens (B, 1 + N, D), corners (B, N, 4, 2), visible (B, N)),
+    as AeroGenUNet takes them; a dropped layout is all null tokens with no visible object."""
+    device = layout_encoder.null_token.device
+    corners, valid, labels = layout_from_boxes(layouts, width, height, layout_encoder.config.max_objects)
+    corners = corners.to(device)
+    embeddings = class_embeddings(text_conditioner, labels, cache).to(device)
+    tokens, visible = encode_layout(layout_encoder, corners, embeddings, valid.to(device), drop.to(device))
+    return tokens, corners, visible
+
+
+class AeroGenPipeline(TextModelMixin, DiffusionPipeline):
     """Layout-to-image generation with classifier-free guidance over text and layout.
 
-    guidance_scale pushes away from the unconditional output (no text, no layout); with
-    layout_guidance_scale set, text and layout are guided separately (three passes):
-    eps = e(-, -) + s_text * (e(text, -) - e(-, -)) + s_layout * (e(text, layout) - e(text, -)).
+    guidance_scale pushes away from the unconditional output (negative prompt, no layout);
+    with layout_guidance_scale set, text and layout are guided separately (three passes):
+    eps = e(neg, -) + s_text * (e(text, -) - e(neg, -)) + s_layout * (e(text, layout) - e(text, -)).
     """
 
     model_cpu_offload_seq = "unet"
+    _callback_tensor_inputs = ["latents"]
 
     def __init__(self, unet, layout_encoder, scheduler, text_model: str = ""):
         super().__init__()
         self.register_modules(unet=unet, layout_encoder=layout_encoder, scheduler=scheduler)
         # the text encoder is not part of the checkpoint (the bundled one is 90 MB): it is
-        # named by its folder, "" being the bundled MiniLM
+        # named by its folder, "" being the bundled MiniLM (TextModelMixin loads it)
         self.register_to_config(text_model=text_model)
-        self._text_conditioner = None
-
-    @property
-    def text_conditioner(self) -> TextConditioner:
-        if self._text_conditioner is None:
-            self._text_conditioner = TextConditioner.from_pretrained(self.config.text_model or None)
-        return self._text_conditioner
-
-    def set_text_conditioner(self, conditioner: TextConditioner) -> None:
-        self._text_conditioner = conditioner
 
     # 1. inputs
-    def check_inputs(self, prompts, layouts, height, width, num_inference_steps, guidance_scale):
+    def check_inputs(self, prompts, layouts, height, width, num_inference_steps, guidance_scale,
+                     layout_guidance_scale=None, negative_prompt=None, prompt_embeds=None, negative_prompt_embeds=None,
+                     prompt_attention_mask=None, negative_prompt_attention_mask=None):
         multiple = 2 ** (len(self.unet.config.block_out_channels) - 1)
-        if height % multiple or width % multiple or height < multiple or width < multiple:
+        if not (isinstance(height, int) and isinstance(width, int)) or height % multiple or width % multiple \
+                or height < multiple or width < multiple:
             raise ValueError(f"height and width must be positive multiples of {multiple}, got {height}x{width}")
-        if num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
-        if guidance_scale < 0:
-            raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
+        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}")
+        check_scale("guidance_scale", guidance_scale)
+        check_scale("layout_guidance_scale", layout_guidance_scale, allow_none=True)
         if len(prompts) != len(layouts):
             raise ValueError(f"{len(prompts)} prompts but {len(layouts)} layouts")
+        if negative_prompt is not None and negative_prompt_embeds is not None:
+            raise ValueError("give negative_prompt or negative_prompt_embeds, not both")
+        if isinstance(negative_prompt, list) and len(negative_prompt) != len(prompts):
+            raise ValueError(f"{len(negative_prompt)} negative prompts for {len(prompts)} prompts")
+        width_of_tokens = self.unet.config.cross_attention_dim
+        for name, embeds, mask in (("prompt_embeds", prompt_embeds, prompt_attention_mask),
+                                   ("negative_prompt_embeds", negative_prompt_embeds, negative_prompt_attention_mask)):
+            if embeds is None:
+                continue
+            if embeds.ndim != 3 or embeds.shape[-1] != width_of_tokens:
+                raise ValueError(f"{name} must have shape (batch, tokens, {width_of_tokens}), got {tuple(embeds.shape)}")
+            # our UNet reads a token mask: without it padded positions would be attended to
+            if mask is None or tuple(mask.shape) != tuple(embeds.shape[:2]):
+                raise ValueError(f"{name} needs its attention mask of shape {tuple(embeds.shape[:2])} "
+                                 f"({name.replace('embeds', 'attention_mask')}, as encode_prompt returns it)")
+        if prompt_embeds is not None and negative_prompt_embeds is not None \
+                and prompt_embeds.shape != negative_prompt_embeds.shape:
+            raise ValueError(f"prompt_embeds {tuple(prompt_embeds.shape)} and negative_prompt_embeds "
+                             f"{tuple(negative_prompt_embeds.shape)} must have the same shape")
         max_objects = self.layout_encoder.config.max_objects
         for i, boxes in enumerate(layouts):
             if len(boxes) > max_objects:
@@ -124,47 +188,95 @@ class AeroGenPipeline(DiffusionPipeline):
                 if any(not label.strip() for label in boxes.labels):
                     raise ValueError(f"layout {i}: an empty class name")
 
-    def normalise_inputs(self, prompt, boxes, labels) -> tuple[list[str], list[Boxes]]:
-        """A single image or a batch -> (prompts, one Boxes per image)."""
-        if isinstance(prompt, str):
-            return [prompt], [boxes_from_user(boxes, labels, "layout 0")]
-        prompts = list(prompt)
+    def normalise_inputs(self, prompt, boxes, labels, prompt_embeds=None) -> tuple[list, list[Boxes]]:
+        """A single image or a batch -> (prompts, one Boxes per image). With prompt_embeds
+        instead of prompts, the prompts are placeholders (None), one per row, and the boxes of
+        a single row may be given as for one image (a Boxes, or boxes with a list of labels)."""
+        if (prompt is None) == (prompt_embeds is None):
+            raise ValueError("give either a prompt or prompt_embeds")
+        one_image = isinstance(prompt, str) or (
+            prompt is None and len(prompt_embeds) == 1
+            and (boxes is None or isinstance(boxes, Boxes)
+                 or (labels is not None and all(isinstance(label, str) for label in labels))))
+        if one_image:
+            return [prompt], [boxes_from_user(boxes if boxes is not None else [], labels, "layout 0")]
+        prompts = list(prompt) if prompt is not None else [None] * len(prompt_embeds)
         if isinstance(boxes, Boxes) or boxes is None or len(boxes) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts: give one box list (or Boxes) per prompt")
         labels = labels if labels is not None else [None] * len(prompts)
         return prompts, [boxes_from_user(b, lab, f"layout {i}") for i, (b, lab) in enumerate(zip(boxes, labels))]
 
     # 2. conditions
-    def encode_prompt(self, prompts: list[str], max_length: int = 32):
-        text = self.text_conditioner.encode(prompts, max_length=max_length)
-        return text.tokens.to(self.device, self.unet.dtype), text.mask.to(self.device)
+    def encode_prompt(self, prompt, device=None, num_images_per_prompt: int = 1,
+                      do_classifier_free_guidance: bool = True, negative_prompt=None, prompt_embeds=None,
+                      negative_prompt_embeds=None, prompt_attention_mask=None, negative_prompt_attention_mask=None,
+                      max_sequence_length: int = MAX_TEXT_TOKENS):
+        """diffusers' encode_prompt: (prompt_embeds, negative_prompt_embeds, prompt_attention_mask,
+        negative_prompt_attention_mask), each repeated num_images_per_prompt times, on `device`.
+        The negative ones (the unconditional pass) are None without guidance; a missing
+        negative prompt is the empty one, as in training."""
+        device = device or self._execution_device
+        dtype = self.unet.dtype if self.unet is not None else torch.float32
+        if prompt_embeds is None:
+            prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+            prompt_embeds, prompt_attention_mask = encode_text(self.text_conditioner, prompts,
+                                                               max_length=max_sequence_length)
+        batch = prompt_embeds.shape[0]
+        if do_classifier_free_guidance and negative_prompt_embeds is None:
+            negatives = negative_prompt if negative_prompt is not None else ""
+            negatives = [negatives] * batch if isinstance(negatives, str) else list(negatives)
+            if len(negatives) != batch:
+                raise ValueError(f"{len(negatives)} negative prompts for {batch} prompts")
+            negative_prompt_embeds, negative_prompt_attention_mask = encode_text(
+                self.text_conditioner, negatives, max_length=prompt_embeds.shape[1])
 
-    def class_embeddings(self, labels: list[list[str]]) -> torch.Tensor:
-        names = sorted({label for row in labels for label in row if label})
-        dim = self.layout_encoder.config.class_embed_dim
-        table = {}
-        if names:
-            pooled = self.text_conditioner.encode([class_phrase(n) for n in names]).pooled
-            table = dict(zip(names, pooled.float()))
-        zero = torch.zeros(dim)
-        return torch.stack([torch.stack([table.get(label, zero) for label in row]) for row in labels])
+        def for_images(tensor):
+            if tensor is None:
+                return None
+            return tensor.to(device).repeat_interleave(num_images_per_prompt, dim=0)
 
-    def encode_layouts(self, layouts: list[Boxes], height: int, width: int):
-        corners, valid, labels = layout_from_boxes(layouts, width, height, self.layout_encoder.config.max_objects)
-        return corners.to(self.device), valid.to(self.device), self.class_embeddings(labels).to(self.device)
+        prompt_embeds, negative_prompt_embeds = (None if t is None else for_images(t).to(dtype)
+                                                 for t in (prompt_embeds, negative_prompt_embeds))
+        prompt_attention_mask, negative_prompt_attention_mask = (
+            for_images(m) for m in (prompt_attention_mask, negative_prompt_attention_mask))
+        if not do_classifier_free_guidance:
+            negative_prompt_embeds = negative_prompt_attention_mask = None
+        return prompt_embeds, negative_prompt_embeds, prompt_attention_mask, negative_prompt_attention_mask
+
+    def encode_layouts(self, layouts: list[Boxes], height: int, width: int, drop: bool = False):
+        """(layout tokens, corners, visible) of each image's boxes, or of none (drop=True)."""
+        drop = torch.full((len(layouts),), drop, dtype=torch.bool)
+        return encode_layouts(self.text_conditioner, self.layout_encoder, layouts, height, width, drop)
+
+    def guidance_inputs(self, passes, prompt_embeds, negative_prompt_embeds, prompt_attention_mask,
+                        negative_prompt_attention_mask, layouts, height, width):
+        """The UNet's text and layout inputs for each guidance pass ("all", "text", "none"),
+        stacked in the order of `passes` (common.guidance_passes): text, text mask, layout
+        tokens, corners, visible."""
+        device = self._execution_device
+        with_layout = [t.to(device) for t in self.encode_layouts(layouts, height, width)]
+        without_layout = [t.to(device) for t in self.encode_layouts(layouts, height, width, drop=True)]
+        parts = {
+            "all": (prompt_embeds, prompt_attention_mask, *with_layout),
+            "text": (prompt_embeds, prompt_attention_mask, *without_layout),
+            "none": (negative_prompt_embeds, negative_prompt_attention_mask, *without_layout),
+        }
+        return [torch.cat(tensors) for tensors in zip(*(parts[name] for name in passes))]
 
     # 3. noise
-    def prepare_latents(self, batch: int, height: int, width: int, generator) -> torch.Tensor:
+    def prepare_latents(self, batch: int, height: int, width: int, generator, latents=None) -> torch.Tensor:
         shape = (batch, self.unet.config.out_channels, height, width)
-        return initial_noise(shape, generator, self.device, self.unet.dtype) * self.scheduler.init_noise_sigma
+        return prepare_latents(shape, generator, self._execution_device, self.unet.dtype,
+                               self.scheduler.init_noise_sigma, latents)
 
-    def denoise(self, latents, t, text, text_mask, layout):
-        return self.unet(self.scheduler.scale_model_input(latents, t), t, text, text_mask, layout=layout)
+    def denoise(self, latents, t, text, text_mask, layout, cross_attention_kwargs=None):
+        return self.unet(self.scheduler.scale_model_input(latents, t), t, text, text_mask, layout=layout,
+                         cross_attention_kwargs=cross_attention_kwargs)
 
     @torch.no_grad()
     def __call__(
         self,
-        prompt: str | list[str],
+        prompt: str | list[str] | None = None,
         boxes=None,
         labels=None,
         height: int = 64,
@@ -174,41 +286,60 @@ class AeroGenPipeline(DiffusionPipeline):
         layout_guidance_scale: float | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "pil",
-    ) -> AeroGenPipelineOutput:
+        negative_prompt: str | list[str] | None = None,
+        num_images_per_prompt: int = 1,
+        latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        prompt_attention_mask: torch.Tensor | None = None,
+        negative_prompt_attention_mask: torch.Tensor | None = None,
+        cross_attention_kwargs: dict | None = None,
+        return_dict: bool = True,
+        callback_on_step_end=None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+    ) -> AeroGenPipelineOutput | tuple:
+        """Returns AeroGenPipelineOutput(images, layouts), or the tuple (images, layouts) with
+        return_dict=False. output_type: "pil", "np", "pt" or "latent" (the last denoised
+        sample, here pixels in [-1, 1]). cross_attention_kwargs reach every attention
+        processor; `layout_scale` multiplies the layout attention (1 = as trained)."""
         # 1. check and normalise the request
-        prompts, layouts = self.normalise_inputs(prompt, boxes if boxes is not None else [], labels)
-        self.check_inputs(prompts, layouts, height, width, num_inference_steps, guidance_scale)
-        batch = len(prompts)
+        callback_names = callback_tensor_names(callback_on_step_end, callback_on_step_end_tensor_inputs or ["latents"],
+                                               self._callback_tensor_inputs)
+        prompts, layouts = self.normalise_inputs(prompt, boxes, labels, prompt_embeds)
+        self.check_inputs(prompts, layouts, height, width, num_inference_steps, guidance_scale, layout_guidance_scale,
+                          negative_prompt, prompt_embeds, negative_prompt_embeds, prompt_attention_mask,
+                          negative_prompt_attention_mask)
+        if output_type not in ("pil", "np", "pt", "latent"):
+            raise ValueError(f"output_type must be pil, np, pt or latent, got {output_type!r}")
+        layouts = per_image(layouts, num_images_per_prompt)
+        batch = len(layouts)
+        device = self._execution_device
 
-        # 2. text and layout conditions: conditional, and the dropped versions guidance needs
-        text, text_mask = self.encode_prompt(prompts)
-        null_text, null_mask = self.encode_prompt([""] * batch)
-        corners, valid, class_emb = self.encode_layouts(layouts, height, width)
-        keep = torch.zeros(batch, dtype=torch.bool, device=self.device)
-        layout, visible = encode_layout(self.layout_encoder, corners, class_emb, valid, keep)
-        null_layout, hidden = encode_layout(self.layout_encoder, corners, class_emb, valid, ~keep)
-        passes = [(text, text_mask, layout, visible)]
-        if layout_guidance_scale is not None:
-            passes.append((text, text_mask, null_layout, hidden))
-        if guidance_scale != 1.0 or layout_guidance_scale is not None:
-            passes.append((null_text, null_mask, null_layout, hidden))
-        stacked = [torch.cat(parts) for parts in zip(*passes)]
+        # 2. text and layout conditions for each guidance pass
+        passes = guidance_passes(guidance_scale, layout_guidance_scale)
+        text, negative_text, text_mask, negative_mask = self.encode_prompt(
+            prompts if prompt_embeds is None else None, device, num_images_per_prompt, "none" in passes,
+            negative_prompt, prompt_embeds, negative_prompt_embeds, prompt_attention_mask,
+            negative_prompt_attention_mask)
+        stacked = self.guidance_inputs(passes, text, negative_text, text_mask, negative_mask, layouts, height, width)
         # the layout is the same in every step: rasterise and pool it once
-        layout_inputs = self.unet.prepare_layout(stacked[2], corners.repeat(len(passes), 1, 1, 1), stacked[3],
-                                                 height, width)
+        layout_inputs = self.unet.prepare_layout(stacked[2], stacked[3], stacked[4], height, width)
 
         # 3. noise and timesteps
-        self.scheduler.set_timesteps(num_inference_steps, device=self.device)
-        latents = self.prepare_latents(batch, height, width, generator)
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        latents = self.prepare_latents(batch, height, width, generator, latents)
 
         # 4. denoising loop
-        for t in self.progress_bar(self.scheduler.timesteps):
+        for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
             model_in = latents.repeat(len(passes), 1, 1, 1)
-            out = self.denoise(model_in, t, stacked[0], stacked[1], layout_inputs)
+            out = self.denoise(model_in, t, stacked[0], stacked[1], layout_inputs, cross_attention_kwargs)
             guided = combine_guidance(out.chunk(len(passes)), guidance_scale, layout_guidance_scale)
             latents = self.scheduler.step(guided, t, latents, generator=generator).prev_sample
+            latents = step_callback(self, callback_on_step_end, callback_names, i, t, {"latents": latents})["latents"]
 
         # 5. output
-        images = images_for_output(latents, output_type)
+        images = latents if output_type == "latent" else images_for_output(latents, output_type)
         self.maybe_free_model_hooks()
+        if not return_dict:
+            return images, layouts
         return AeroGenPipelineOutput(images=images, layouts=layouts)

@@ -1,4 +1,5 @@
-"""aerogen: text + horizontal and rotated boxes with classes -> image (after AeroGen).
+"""aerogen's training adapter: the model config, build, dataset, loss, preview, export and
+FAMILY (text + horizontal and rotated boxes with classes -> image, after AeroGen).
 
 Trained with `earthsynth train configs/aerogen.yaml` on the real labelled tiles; text and
 layout are dropped independently (and together) in training, so the pipeline can guide on
@@ -18,21 +19,17 @@ from diffusers import DPMSolverMultistepScheduler
 
 from earthsynth.boxes import Boxes
 from earthsynth.conditioning import ConditionDropout, LayoutEncoder, TextConditioner
-from earthsynth.conditioning.layout import layout_from_boxes
 from earthsynth.data.flips import random_flips
 from earthsynth.data.tiles import RealTiles, collate_samples
 from earthsynth.errors import InputError
-from earthsynth.generation.aerogen.model import AeroGenUNet, encode_layout
-from earthsynth.generation.aerogen.pipeline import (
-    AeroGenPipeline,
-    AeroGenPipelineOutput,
-    class_phrase,
-)
+from earthsynth.generation.aerogen.model import AeroGenUNet
+from earthsynth.generation.aerogen.pipeline import AeroGenPipeline, encode_layouts, encode_text
 from earthsynth.generation.common import to_pil
+from earthsynth.generation.metadata_unet import unet_block_types
 from earthsynth.registry import Family
 from earthsynth.training.objective import DiffusionObjective, make_noise_scheduler
 
-__all__ = ["AeroGenPipeline", "AeroGenPipelineOutput", "AeroGenUNet", "AeroGenModelConfig", "FAMILY"]
+__all__ = ["AeroGenModelConfig", "build", "dataset", "loss", "make_pipeline", "preview", "export", "FAMILY"]
 
 
 @dataclass
@@ -56,11 +53,10 @@ def build(config) -> dict:
     mc = config.model
     text = TextConditioner.from_pretrained(mc.text_encoder or None)
     channels = list(mc.block_out_channels)
-    plain = len(channels) - mc.attention_levels
-    if not 0 < mc.attention_levels < len(channels):
-        raise InputError("model.attention_levels", f"must be between 1 and {len(channels) - 1}")
-    down = ["DownBlock2D"] * plain + ["CrossAttnDownBlock2D"] * mc.attention_levels
-    up = ["CrossAttnUpBlock2D"] * mc.attention_levels + ["UpBlock2D"] * plain
+    try:
+        down, up = unet_block_types(len(channels), mc.attention_levels)
+    except ValueError as err:
+        raise InputError("model.attention_levels", str(err)) from None
     unet = AeroGenUNet(
         sample_size=config.data.tile_size, block_out_channels=channels, down_block_types=down, up_block_types=up,
         layers_per_block=mc.layers_per_block, attention_head_dim=mc.attention_head_dim,
@@ -68,14 +64,13 @@ def build(config) -> dict:
     )
     layout_encoder = LayoutEncoder(max_objects=mc.max_objects, class_embed_dim=text.dim, out_dim=text.dim,
                                    num_frequencies=mc.layout_frequencies)
-    tc = config.train
-    noise_scheduler = make_noise_scheduler(tc.num_train_timesteps, tc.beta_schedule, tc.prediction_type)
+    noise_scheduler = make_noise_scheduler(config.objective)
     return {
         "unet": unet,
         "layout_encoder": layout_encoder,
         "text": text,
         "noise_scheduler": noise_scheduler,
-        "objective": DiffusionObjective(noise_scheduler, tc.snr_gamma),
+        "objective": DiffusionObjective(noise_scheduler, config.objective.snr_gamma),
         "dropout": ConditionDropout({"text": mc.text_dropout, "layout": mc.layout_dropout}, drop_all=mc.drop_all),
         "class_embeddings": {},  # class name -> pooled text embedding, filled on first use
         "config": config,
@@ -94,38 +89,32 @@ def keep_largest(boxes: Boxes, limit: int) -> Boxes:
     return boxes.select(np.sort(np.argsort(-boxes.areas(), kind="stable")[:limit]))
 
 
-def class_embeddings(components: dict, labels: list[list[str]]) -> torch.Tensor:
-    """(B, N, D) pooled text embeddings of each slot's class name (zeros for empty slots)."""
-    table = components["class_embeddings"]
-    missing = sorted({label for row in labels for label in row if label and label not in table})
-    if missing:
-        pooled = components["text"].encode([class_phrase(name) for name in missing]).pooled.float()
-        table.update(zip(missing, pooled))
-    zero = torch.zeros(components["text"].dim)
-    return torch.stack([torch.stack([table.get(label, zero) for label in row]) for row in labels])
+def conditions(components: dict, boxes: list[Boxes], captions: list[str], drops: dict, height: int,
+               width: int) -> dict:
+    """The UNet's condition inputs for a batch and its drop pattern, through the pipeline's
+    own encoding (pipeline.encode_text / encode_layouts): text tokens and mask, layout
+    tokens, corners and the visible object slots."""
+    device = components["unet"].device
+    tokens, mask = encode_text(components["text"], captions, drops["text"], components["config"].model.max_text_tokens)
+    layout, corners, visible = encode_layouts(components["text"], components["layout_encoder"], boxes, height, width,
+                                              drops["layout"], cache=components["class_embeddings"])
+    return {"text_tokens": tokens.to(device), "text_mask": mask.to(device), "layout_tokens": layout.to(device),
+            "corners": corners.to(device), "valid": visible.to(device)}
 
 
 def loss(components: dict, batch: dict) -> torch.Tensor:
     unet, config = components["unet"], components["config"]
-    mc = config.model
-    device = unet.device
     images = batch["image"]
-    boxes = [keep_largest(b, mc.max_objects) for b in batch["boxes"]]
+    boxes = [keep_largest(b, config.model.max_objects) for b in batch["boxes"]]
     if config.data.hflip:
         images, boxes = random_flips(images, boxes)
-    images = images.to(device) * 2 - 1  # [0, 1] -> [-1, 1]
+    images = images.to(unet.device) * 2 - 1  # [0, 1] -> [-1, 1]
     height, width = images.shape[-2:]
     drops = components["dropout"].sample(images.shape[0])
-    prompts = ["" if dropped else p for p, dropped in zip(batch["caption"], drops["text"].tolist())]
-    text = components["text"].encode(prompts, max_length=mc.max_text_tokens)
-    corners, valid, labels = layout_from_boxes(boxes, width, height, mc.max_objects)
-    layout, visible = encode_layout(components["layout_encoder"], corners.to(device),
-                                    class_embeddings(components, labels).to(device), valid.to(device),
-                                    drops["layout"].to(device))
-    tokens, mask, corners = text.tokens.to(device), text.mask.to(device), corners.to(device)
+    condition = conditions(components, boxes, batch["caption"], drops, height, width)
 
     def predict(noisy, timesteps):
-        return unet(noisy, timesteps, tokens, mask, layout, corners, visible)
+        return unet(noisy, timesteps, **condition)
 
     return components["objective"](images, predict)
 
@@ -169,5 +158,6 @@ FAMILY = Family(
     loss=loss,
     preview=preview,
     export=export,
+    objective=True,
     description="text + horizontal/rotated boxes with classes -> image (layout tokens, mask attention)",
 )
