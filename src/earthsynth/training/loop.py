@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from earthsynth.config import RunConfig, save_config
 from earthsynth.errors import InputError
+from earthsynth.model_card import write_model_card
 from earthsynth.registry import Family, get_family
 from earthsynth.training.checkpoint import (
     atomic_directory,
@@ -306,6 +307,7 @@ def export_final(family: Family, components: dict, config: RunConfig, final_dir:
         save_config(config, tmp / "train_config.yaml")
         if command:
             (tmp / "command.txt").write_text(command + "\n")
+        write_model_card(tmp, metrics_csv=final_dir.parent / "metrics.csv", load_from=final_dir)
 
 
 def _with_ema(ema: EMA | None, unwrapped: LossModule, action) -> None:
