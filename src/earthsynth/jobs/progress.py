@@ -18,27 +18,29 @@ class JobProgress:
     def __init__(self, total: int | None, desc: str, unit: str = "step", disable: bool = False, initial: int = 0):
         self.bar = tqdm(total=total, desc=desc, unit=unit, initial=initial, disable=disable, file=sys.stderr,
                         dynamic_ncols=True)
+        self.done = initial  # counted here too: a disabled tqdm bar counts nothing
 
     def update(self, count: int = 1) -> None:
+        self.done += count
         self.bar.update(count)
 
     @contextlib.contextmanager
     def steps(self, pipe, count: int):
         """Run a pipeline call expected to take `count` steps: its steps move this bar (at most
         `count` of them), and whatever it did not report is added when the call ends."""
-        end = self.bar.n + count
+        end = self.done + count
 
         def step():
-            if self.bar.n < end:
-                self.bar.update(1)
+            if self.done < end:
+                self.update(1)
 
         pipe.progress_bar = lambda iterable=None, total=None: StepCounter(step, iterable, total)
         try:
             yield
         finally:
             del pipe.progress_bar  # back to the class's method (the app reuses its pipelines)
-        if self.bar.n < end:
-            self.bar.update(end - self.bar.n)
+        if self.done < end:
+            self.update(end - self.done)
 
     def close(self) -> None:
         self.bar.close()
