@@ -25,6 +25,7 @@ from pathlib import Path
 
 import yaml
 
+from earthsynth.data.common import atomic_write
 from earthsynth.errors import InputError
 
 CONDITIONS = ("real", "filtered", "unfiltered")
@@ -158,9 +159,8 @@ def run_evaluate(out: str | Path, config: EvaluateConfig, log=print) -> dict:
     summary["filtered_minus_real_mAP50_points"] = round(100 * (means["filtered"] - means["real"]), 2)
     summary["filtered_minus_unfiltered_mAP50_points"] = round(100 * (means["filtered"] - means["unfiltered"]), 2)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".evaluate.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    tmp.replace(out / "evaluate.json")
+    with atomic_write(out / "evaluate.json") as f:
+        json.dump(summary, f, indent=2)
     return summary
 
 

@@ -208,7 +208,8 @@ def run_augment(out: str | Path, config: AugmentConfig, data: str | None = None,
 
     if state.is_main_process:
         (out / "candidates").mkdir(parents=True, exist_ok=True)
-        (out / "augment_config.yaml").write_text(yaml.safe_dump(asdict(config), sort_keys=False))
+        with atomic_write(out / "augment_config.yaml") as f:
+            yaml.safe_dump(asdict(config), f, sort_keys=False)
         sampler.save(out / "sampler.json")
         save_layouts(out / "layouts.jsonl", layouts)
     state.wait_for_everyone()

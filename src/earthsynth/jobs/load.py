@@ -110,7 +110,7 @@ def load_pipeline(family: str, folder=None, device=None, dtype=None):
         raise InputError(folder, f"not an {family} pipeline folder (no model_index.json)")
     with quiet_loading_bars():
         try:
-            pipe = cls.from_pretrained(folder, torch_dtype=dtype)
+            pipe = cls.from_pretrained(folder, dtype=dtype)
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise InputError(folder, f"cannot load the {family} pipeline ({one_line(err)})") from None
         if family in TEXT_FAMILIES:
