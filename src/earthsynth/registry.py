@@ -1,5 +1,12 @@
-"""The model families earthsynth knows. Adding a family = one folder under generation/ and
-one line in FAMILIES; the CLI, the trainer and the app read this registry."""
+"""The model families the trainer knows: name -> the `Family` in a train.py.
+
+The diffusion families live in generation/<family>/ (the hsi folder holds two: its autoencoder
+stage and the denoiser), the augment filter's detector and classifier in augment/<model>/; each
+folder has model.py (the modules), train.py (config, build, dataset, loss, export, FAMILY),
+pipeline.py for the diffusion families, and an __init__.py that only re-exports inference
+names (smoke, the loop's test family, has train.py alone). Adding a family = one such folder
+and one line in FAMILIES; `earthsynth train` reads this registry, which imports a family's
+train.py only when it is used."""
 
 from __future__ import annotations
 
