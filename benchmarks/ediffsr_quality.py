@@ -36,7 +36,8 @@ from earthsynth.data.schema import image_to_tensor
 from earthsynth.data.sources import deepforest_drone_test
 from earthsynth.data.tiles import RealTiles, cut_tiles
 from earthsynth.errors import InputError
-from earthsynth.generation.ediffsr import EDiffSRPipeline, degrade
+from earthsynth.generation.ediffsr import EDiffSRPipeline
+from earthsynth.generation.ediffsr.train import degrade
 from earthsynth.image_metrics import psnr, sharpness_ratio, ssim
 from earthsynth.jobs.load import bundled_checkpoint
 

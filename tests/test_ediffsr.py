@@ -111,7 +111,7 @@ def tiny_pipeline(bands=3, scale=4, regressor=False):
 def test_tiles_are_blended_back_into_the_whole_image(monkeypatch):
     pipe = tiny_pipeline()
     # a purely local upscaler: tiling must then give exactly the whole-image result
-    monkeypatch.setattr(pipe, "upscale_tile", lambda low, steps, generator: low.repeat_interleave(4, -1)
+    monkeypatch.setattr(pipe, "upscale_tile", lambda low, *args: low.repeat_interleave(4, -1)
                         .repeat_interleave(4, -2))
     low = torch.rand(3, 37, 53)
     tiled = pipe(low, tile=16, overlap=4).images
@@ -149,7 +149,8 @@ def test_pipeline_rejects_bad_inputs():
 def test_training_through_the_shared_loop_exports_a_loadable_pipeline(tmp_path):
     from earthsynth.config import load_config
     from earthsynth.errors import InputError
-    from earthsynth.generation.ediffsr import FAMILY, EDiffSRPipeline, degrade
+    from earthsynth.generation.ediffsr import EDiffSRPipeline
+    from earthsynth.generation.ediffsr.train import FAMILY, degrade
     from earthsynth.training.loop import train
 
     high = torch.rand(2, 3, 32, 32)

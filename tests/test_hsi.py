@@ -29,8 +29,6 @@ from earthsynth.generation.hsi import (
     HSIDenoisePipeline,
     HSIRefiner,
     LatentDenoiser3D,
-    eigenimage_loss,
-    sparse_noise_mask,
 )
 from earthsynth.generation.hsi.classical import pca_truncation
 from earthsynth.generation.hsi.lowrank import (
@@ -41,6 +39,7 @@ from earthsynth.generation.hsi.lowrank import (
 )
 from earthsynth.generation.hsi.model import EigenimageDenoiser, OutlierDetector, pad_cube
 from earthsynth.generation.hsi.pipeline import normalisation, to_dtype
+from earthsynth.generation.hsi.train import eigenimage_loss, sparse_noise_mask
 from earthsynth.training.loop import train
 from tests_support import assert_input_error
 

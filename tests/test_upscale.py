@@ -193,7 +193,7 @@ def test_bundled_model_beats_bicubic_on_validation_tiles_png_and_multiband_geoti
     import torch.nn.functional as F
 
     from earthsynth.data.tiles import RealTiles
-    from earthsynth.generation.ediffsr import degrade
+    from earthsynth.generation.ediffsr.train import degrade
     from earthsynth.image_metrics import psnr
 
     tiles = RealTiles("val", tile_size=64, gsd_factors=(1,))

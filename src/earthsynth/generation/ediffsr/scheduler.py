@@ -31,6 +31,8 @@ from diffusers import ConfigMixin, SchedulerMixin
 from diffusers.configuration_utils import register_to_config
 from diffusers.utils import BaseOutput
 
+from earthsynth.generation.common import initial_noise
+
 
 @dataclass
 class MeanRevertingOutput(BaseOutput):
@@ -84,9 +86,11 @@ class MeanRevertingScheduler(SchedulerMixin, ConfigMixin):
         alphabar = self._alphabar(timesteps, original)
         return mean + alphabar.sqrt() * (original - mean) + self.config.stationary_std * (1 - alphabar).sqrt() * noise
 
-    def start(self, mean: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """The first sample: mu + lambda * eps (the process at its last training step)."""
-        noise = torch.randn(mean.shape, generator=generator, dtype=torch.float32).to(mean.device, mean.dtype)
+    def start(self, mean: torch.Tensor, generator=None, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """The first sample: mu + lambda * eps (the process at its last training step); eps is
+        `noise` when given, else drawn from `generator` (or a list of them, one per image)."""
+        if noise is None:
+            noise = initial_noise(mean.shape, generator, mean.device, mean.dtype)
         last = self._alphabar(self.config.num_train_timesteps - 1, mean)
         return mean + self.config.stationary_std * (1 - last).sqrt() * noise
 
@@ -115,7 +119,7 @@ class MeanRevertingScheduler(SchedulerMixin, ConfigMixin):
             var_t = lam**2 * (1 - alphabar_t)
             posterior_mean = (ratio.sqrt() * var_s * residual + var_st * alphabar_s.sqrt() * original) / var_t
             posterior_std = (var_s * var_st / var_t).sqrt()
-            noise = torch.randn(sample.shape, generator=generator, dtype=torch.float32).to(sample.device, sample.dtype)
+            noise = initial_noise(sample.shape, generator, sample.device, sample.dtype)
             prev = mean + posterior_mean + posterior_std * noise
         if not return_dict:
             return (prev, mean + original)

@@ -1,6 +1,7 @@
-"""ediffsr: efficient diffusion super-resolution (after EDiffSR): the EANet noise predictor
-with the CPEM conditional prior, sampled with a mean-reverting SDE from the bicubic
-upsampling, trained by the shared loop on real imagery (`configs/ediffsr.yaml`).
+"""Training of the ediffsr family (efficient diffusion super-resolution, after EDiffSR): the
+EANet noise predictor with the CPEM conditional prior, sampled with a mean-reverting SDE
+from the bicubic upsampling, trained by the shared loop on real imagery
+(`configs/ediffsr.yaml`).
 
 Training pairs: a real high-resolution tile and its low-resolution version made by the
 chosen degradation: "bicubic" (anti-aliased bicubic downsampling), "blur_noise_jpeg"
@@ -25,15 +26,12 @@ from earthsynth.data.flips import random_flips
 from earthsynth.data.tiles import RealTiles, collate_samples
 from earthsynth.errors import InputError
 from earthsynth.generation.common import to_pil
-from earthsynth.generation.ediffsr.model import CPEM, EANet, NAFBlock
-from earthsynth.generation.ediffsr.pipeline import EDiffSRPipeline, EDiffSRPipelineOutput
+from earthsynth.generation.ediffsr.model import EANet
+from earthsynth.generation.ediffsr.pipeline import EDiffSRPipeline
 from earthsynth.generation.ediffsr.scheduler import MeanRevertingScheduler
 from earthsynth.registry import Family
 
 DEGRADATIONS = ("bicubic", "blur_noise_jpeg", "mixed")
-
-__all__ = ["CPEM", "EANet", "NAFBlock", "MeanRevertingScheduler", "EDiffSRPipeline", "EDiffSRPipelineOutput", "degrade",
-           "FAMILY"]
 
 
 @dataclass

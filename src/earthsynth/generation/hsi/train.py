@@ -1,5 +1,4 @@
-"""hsi: hyperspectral denoising with a 3D latent diffusion model (after HSI-Diffusion for the
-FINCH spacecraft), any band count.
+"""Training of the hsi family (3D latent diffusion denoising of hyperspectral cubes).
 
 Three training stages, each a config for `earthsynth train`:
   1. family "hsi_autoencoder" (configs/hsi_autoencoder.yaml): the 3D autoencoder on clean cubes;
@@ -36,16 +35,9 @@ from earthsynth.generation.hsi.model import (
     HSIRefiner,
     LatentDenoiser3D,
 )
-from earthsynth.generation.hsi.pipeline import (
-    HSIDenoisePipeline,
-    HSIDenoisePipelineOutput,
-    normalisation,
-)
+from earthsynth.generation.common import to_pil
+from earthsynth.generation.hsi.pipeline import HSIDenoisePipeline, normalisation
 from earthsynth.registry import Family
-
-__all__ = ["HSIAutoencoder", "HSIConditionEncoder", "LatentDenoiser3D", "HSIRefiner", "HSIDenoisePipeline",
-           "HSIDenoisePipelineOutput", "AUTOENCODER_FAMILY", "FAMILY"]
-
 
 @dataclass
 class HSIModelConfig:
@@ -141,8 +133,6 @@ def preview_autoencoder(components: dict, config, generator: torch.Generator):
 
 def false_colour(rows: list[torch.Tensor]):
     """Rows of (N, B, H, W) cubes -> PIL images of three bands spread over the spectrum."""
-    from earthsynth.generation.common import to_pil
-
     images = []
     for cube in rows:
         bands = cube.shape[1]

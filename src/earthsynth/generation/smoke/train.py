@@ -1,4 +1,5 @@
-"""A small text + GSD conditioned pixel-space diffusion model on real tiles.
+"""Training of the smoke family: a small text + GSD conditioned pixel-space diffusion model
+on real tiles.
 
 It exists to exercise the shared pieces end to end (real tiles with captions, the text
 encoder, the scalar GSD embedding, condition dropout, the one training loop) in under a
@@ -14,6 +15,7 @@ import torch
 from diffusers import DPMSolverMultistepScheduler, UNet2DConditionModel
 
 from earthsynth.conditioning import ConditionDropout, ScalarEmbedding, TextConditioner
+from earthsynth.data.flips import random_flips
 from earthsynth.data.tiles import RealTiles, collate_samples
 from earthsynth.generation.common import gsd_values, to_pil
 from earthsynth.registry import Family
@@ -54,14 +56,13 @@ def build(config) -> dict:
         class_embed_type="identity",  # the GSD embedding is added to the timestep embedding
     )
     scalar_embedding = ScalarEmbedding(fields=("gsd",), embed_dim=time_embed_dim)
-    tc = config.train
-    noise_scheduler = make_noise_scheduler(tc.num_train_timesteps, tc.beta_schedule, tc.prediction_type)
+    noise_scheduler = make_noise_scheduler(config.objective)
     return {
         "unet": unet,
         "scalar_embedding": scalar_embedding,
         "text": text,
         "noise_scheduler": noise_scheduler,
-        "objective": DiffusionObjective(noise_scheduler, tc.snr_gamma),
+        "objective": DiffusionObjective(noise_scheduler, config.objective.snr_gamma),
         "dropout": ConditionDropout({"text": mc.text_dropout, "gsd": mc.gsd_dropout}, drop_all=mc.drop_all),
         "config": config,
     }
@@ -88,10 +89,7 @@ def loss(components: dict, batch: dict) -> torch.Tensor:
     unet = components["unet"]
     images = batch["image"].to(unet.device) * 2 - 1  # [0, 1] -> [-1, 1]
     if components["config"].data.hflip:
-        flip_h = torch.rand(images.shape[0]) < 0.5
-        flip_v = torch.rand(images.shape[0]) < 0.5
-        images = torch.where(flip_h[:, None, None, None].to(images.device), images.flip(-1), images)
-        images = torch.where(flip_v[:, None, None, None].to(images.device), images.flip(-2), images)
+        images = random_flips(images)
     drops = components["dropout"].sample(images.shape[0])
     tokens, mask, gsd = encode_conditions(components, batch["caption"], batch["gsd"], drops["text"], drops["gsd"])
 
@@ -152,5 +150,6 @@ FAMILY = Family(
     loss=loss,
     preview=preview,
     export=export,
+    objective=True,
     description="tiny text + GSD pixel diffusion on real tiles (exercises the shared pieces)",
 )
