@@ -45,13 +45,13 @@ class Family:
 
 # name -> "module:attribute"; imported only when used, so `earthsynth --help` stays fast.
 FAMILIES: dict[str, str] = {
-    "smoke": "earthsynth.generation.smoke:FAMILY",
-    "ediffsr": "earthsynth.generation.ediffsr:FAMILY",
+    "smoke": "earthsynth.generation.smoke.train:FAMILY",
+    "ediffsr": "earthsynth.generation.ediffsr.train:FAMILY",
     "aerogen": "earthsynth.generation.aerogen:FAMILY",
     "text2earth": "earthsynth.generation.text2earth.train:FAMILY",
     "crsdiff": "earthsynth.generation.crsdiff.train:FAMILY",
-    "hsi_autoencoder": "earthsynth.generation.hsi:AUTOENCODER_FAMILY",
-    "hsi": "earthsynth.generation.hsi:FAMILY",
+    "hsi_autoencoder": "earthsynth.generation.hsi.train:AUTOENCODER_FAMILY",
+    "hsi": "earthsynth.generation.hsi.train:FAMILY",
     "detector": "earthsynth.augment.detector.train:FAMILY",
     "classifier": "earthsynth.augment.classifier.train:FAMILY",
 }
