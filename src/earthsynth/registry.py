@@ -41,13 +41,14 @@ class Family:
     preview: Callable[..., list] | None = None
     export: Callable[..., None] | None = None
     description: str = ""
+    objective: bool = False  # trains with training.objective: the run config has an `objective` section
 
 
 # name -> "module:attribute"; imported only when used, so `earthsynth --help` stays fast.
 FAMILIES: dict[str, str] = {
     "smoke": "earthsynth.generation.smoke.train:FAMILY",
     "ediffsr": "earthsynth.generation.ediffsr.train:FAMILY",
-    "aerogen": "earthsynth.generation.aerogen:FAMILY",
+    "aerogen": "earthsynth.generation.aerogen.train:FAMILY",
     "text2earth": "earthsynth.generation.text2earth.train:FAMILY",
     "crsdiff": "earthsynth.generation.crsdiff.train:FAMILY",
     "hsi_autoencoder": "earthsynth.generation.hsi.train:AUTOENCODER_FAMILY",
