@@ -72,7 +72,9 @@ class SelfAttnProcessor:
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
                  layout: LayoutInputs | None = None, layout_scale: float = 1.0):
-        return self.processor(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        extra = {} if temb is None else {"temb": temb}  # not every diffusers processor takes temb
+        return self.processor(attn, hidden_states, encoder_hidden_states=encoder_hidden_states,
+                              attention_mask=attention_mask, **extra)
 
 
 def pool_masks(masks: torch.Tensor, tokens: int) -> torch.Tensor:
