@@ -53,7 +53,8 @@ from earthsynth.config import load_config
 from earthsynth.data.captions import make_caption
 from earthsynth.data.tiles import RealTiles
 from earthsynth.errors import InputError
-from earthsynth.generation.aerogen import FAMILY, AeroGenPipeline, make_pipeline
+from earthsynth.generation.aerogen import AeroGenPipeline
+from earthsynth.generation.aerogen.train import FAMILY, make_pipeline
 from earthsynth.jobs.load import bundled_checkpoint
 
 GUIDANCE = 4.0  # the pipeline's and `earthsynth augment`'s default

@@ -13,7 +13,7 @@ from earthsynth.augment.detector import CompactDetector
 from earthsynth.augment.filter import FilterConfig
 from earthsynth.config import load_config
 from earthsynth.errors import InputError
-from earthsynth.generation.aerogen import build, make_pipeline
+from earthsynth.generation.aerogen.train import build, make_pipeline
 from earthsynth.jobs.augment import AugmentConfig, load_records, run_augment
 from tests_support import assert_input_error
 
