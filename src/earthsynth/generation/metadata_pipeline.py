@@ -24,6 +24,7 @@ from earthsynth.generation.common import (
     combine_guidance,
     guidance_passes,
     images_for_output,
+    per_image,
     prepare_latents,
     process_in_tiles,
     step_callback,
@@ -131,7 +132,7 @@ class MetadataPipelineBase(TextModelMixin, DiffusionPipeline):
     def check_common_inputs(self, prompt, prompt_embeds, negative_prompt, negative_prompt_embeds,
                             prompt_attention_mask, negative_prompt_attention_mask, num_inference_steps: int,
                             scales: dict, output_type: str, callback_on_step_end,
-                            callback_on_step_end_tensor_inputs) -> list[str]:
+                            callback_on_step_end_tensor_inputs, num_images_per_prompt: int = 1) -> list[str]:
         """Checks every pipeline makes; returns the tensor names the step callback is given.
         scales: check_guidance's keyword arguments."""
         if (prompt is None) == (prompt_embeds is None):
@@ -156,6 +157,7 @@ class MetadataPipelineBase(TextModelMixin, DiffusionPipeline):
                 raise ValueError(f"{negative_prompt_embeds.shape[0]} negative_prompt_embeds for "
                                  f"{prompt_embeds.shape[0]} prompt_embeds")
         self.check_guidance(num_inference_steps, **scales)
+        per_image([], num_images_per_prompt)  # checks the count
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
         return callback_tensor_names(callback_on_step_end, callback_on_step_end_tensor_inputs,

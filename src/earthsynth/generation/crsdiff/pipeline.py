@@ -181,7 +181,7 @@ class CRSDiffPipeline(MetadataPipelineBase):
             prompt, prompt_embeds, negative_prompt, negative_prompt_embeds, prompt_attention_mask,
             negative_prompt_attention_mask, num_inference_steps,
             {"guidance_scale": guidance_scale, "condition_scale": condition_guidance_scale},
-            output_type, callback_on_step_end, callback_on_step_end_tensor_inputs)
+            output_type, callback_on_step_end, callback_on_step_end_tensor_inputs, num_images_per_prompt)
         batch = self.batch_size(prompt, prompt_embeds)
         values = self.check_metadata(as_list(metadata or {}, batch, "metadata"))
         maps, scales = self.prepare_controls(controls, control_scales, batch)
