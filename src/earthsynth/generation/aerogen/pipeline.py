@@ -17,6 +17,7 @@ output_type="latent"). The condition encoding below is the one training uses too
 from __future__ import annotations
 
 from dataclasses import dataclass
+from numbers import Integral
 
 import numpy as np
 import torch
@@ -145,10 +146,10 @@ class AeroGenPipeline(TextModelMixin, DiffusionPipeline):
                      layout_guidance_scale=None, negative_prompt=None, prompt_embeds=None, negative_prompt_embeds=None,
                      prompt_attention_mask=None, negative_prompt_attention_mask=None):
         multiple = 2 ** (len(self.unet.config.block_out_channels) - 1)
-        if not (isinstance(height, int) and isinstance(width, int)) or height % multiple or width % multiple \
-                or height < multiple or width < multiple:
+        if not (isinstance(height, Integral) and isinstance(width, Integral)) or height % multiple \
+                or width % multiple or height < multiple or width < multiple:
             raise ValueError(f"height and width must be positive multiples of {multiple}, got {height}x{width}")
-        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+        if not isinstance(num_inference_steps, Integral) or num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}")
         check_scale("guidance_scale", guidance_scale)
         check_scale("layout_guidance_scale", layout_guidance_scale, allow_none=True)
