@@ -166,3 +166,20 @@ def test_app_help_names_every_model_dir_family(capsys):
     help_text = " ".join(capsys.readouterr().out.split())
     for family in ("aerogen", "hsi", "ediffsr", "text2earth", "crsdiff"):
         assert family in MODEL_FAMILIES and f"{family}/" in help_text
+
+
+def test_every_pipeline_runs_in_bfloat16_or_refuses_it_in_one_line():
+    """--dtype bfloat16 either runs (the network in bf16, the scheduler state as the caller's) or,
+    for hsi, is refused before anything loads."""
+    load_pipeline = load.load_pipeline
+    with pytest.raises(InputError, match="float32 only"):
+        load_pipeline("hsi", device="cpu", dtype="bfloat16")
+    pipe = load_pipeline("ediffsr", device="cpu", dtype="bfloat16")
+    assert pipe.eanet.dtype == torch.bfloat16
+    low = torch.from_numpy(np.random.default_rng(0).random((3, 16, 16)).astype(np.float32))
+    out = pipe(low, num_inference_steps=1, generator=torch.Generator().manual_seed(0)).images
+    assert out.shape == (1, 3, 64, 64) and torch.isfinite(out.float()).all()
+    pipe = load_pipeline("text2earth", device="cpu", dtype="bfloat16")
+    image = pipe("forest", gsd=0.2, num_inference_steps=1, generator=torch.Generator().manual_seed(0),
+                 output_type="np").images
+    assert image.shape == (1, 64, 64, 3) and np.isfinite(image).all()

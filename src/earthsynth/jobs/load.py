@@ -15,27 +15,30 @@ from pathlib import Path
 
 import torch
 
+from earthsynth import PIPELINES, bundled_model
 from earthsynth.errors import InputError
 
-# family -> (module, class) of its pipeline; pipeline modules import no training code
-PIPELINES = {
-    "text2earth": ("earthsynth.generation.text2earth.pipeline", "Text2EarthPipeline"),
-    "crsdiff": ("earthsynth.generation.crsdiff.pipeline", "CRSDiffPipeline"),
-    "aerogen": ("earthsynth.generation.aerogen.pipeline", "AeroGenPipeline"),
-    "hsi": ("earthsynth.generation.hsi.pipeline", "HSIDenoisePipeline"),
-    "ediffsr": ("earthsynth.generation.ediffsr.pipeline", "EDiffSRPipeline"),
+# family -> its pipeline class; earthsynth.PIPELINES names the class's module
+PIPELINE_CLASSES = {
+    "text2earth": "Text2EarthPipeline",
+    "crsdiff": "CRSDiffPipeline",
+    "aerogen": "AeroGenPipeline",
+    "hsi": "HSIDenoisePipeline",
+    "ediffsr": "EDiffSRPipeline",
 }
-TEXT_FAMILIES = ("text2earth", "crsdiff", "aerogen")  # their text encoder is loaded apart from the folder
+TEXT_FAMILIES = ("text2earth", "crsdiff", "aerogen")
+FLOAT32_ONLY = ("hsi",)  # its robust low-rank fits (SVD, medians) need full precision  # their text encoder is loaded apart from the folder
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def bundled_checkpoint(name: str) -> Path:
-    """The folder of a bundled default checkpoint (src/earthsynth/assets/<name>)."""
-    folder = Path(__file__).resolve().parents[1] / "assets" / name
-    if not folder.is_dir():
-        raise InputError(f"assets/{name}", "bundled checkpoint missing; train it with "
-                         f"`earthsynth train configs/{name}.yaml` and pass the folder explicitly")
-    return folder
+    """The folder of a bundled default checkpoint (earthsynth.bundled_model), as an InputError
+    the CLI reports in one line when it is missing."""
+    try:
+        return bundled_model(name)
+    except ValueError as err:
+        raise InputError(f"assets/{name}", f"{err}; train it with `earthsynth train configs/{name}.yaml` "
+                         "and pass the folder explicitly") from None
 
 
 def job_state():
@@ -90,9 +93,10 @@ def quiet_loading_bars():
 
 
 def pipeline_class(family: str):
-    if family not in PIPELINES:
-        raise InputError(f"family {family}", f"no pipeline; choose one of {', '.join(PIPELINES)}")
-    module, name = PIPELINES[family]
+    if family not in PIPELINE_CLASSES:
+        raise InputError(f"family {family}", f"no pipeline; choose one of {', '.join(PIPELINE_CLASSES)}")
+    name = PIPELINE_CLASSES[family]
+    module = PIPELINES[name]
     return getattr(importlib.import_module(module), name)
 
 
@@ -105,6 +109,8 @@ def load_pipeline(family: str, folder=None, device=None, dtype=None):
 
     cls = pipeline_class(family)
     device, dtype = job_device(device), job_dtype(dtype)
+    if family in FLOAT32_ONLY and dtype != torch.float32:
+        raise InputError(f"--dtype {str(dtype).removeprefix('torch.')}", f"the {family} pipeline runs in float32 only")
     folder = Path(folder) if folder else bundled_checkpoint(family)
     if not (folder / "model_index.json").is_file():
         raise InputError(folder, f"not an {family} pipeline folder (no model_index.json)")

@@ -140,9 +140,12 @@ class EANet(ModelMixin, ConfigMixin):
             condition = self.condition(low_resolution)
         if sample.shape[-2] % self.multiple or sample.shape[-1] % self.multiple:
             raise ValueError(f"height and width must be multiples of {self.multiple}, got {tuple(sample.shape[-2:])}")
+        # the network runs in its weights' dtype (bf16 / fp16 when loaded so); the sample keeps the
+        # caller's dtype, so a float32 scheduler state stays float32
+        input_dtype, dtype = sample.dtype, self.intro.weight.dtype
         timesteps = torch.as_tensor(timesteps, device=sample.device).reshape(-1).expand(sample.shape[0])
-        time = self.time_mlp(timestep_embedding(timesteps, self.config.width))
-        h = self.intro(torch.cat([sample, condition.to(sample.dtype)], dim=1))
+        time = self.time_mlp(timestep_embedding(timesteps, self.config.width).to(dtype))
+        h = self.intro(torch.cat([sample.to(dtype), condition.to(dtype)], dim=1))
         skips = []
         for blocks, down in zip(self.encoders, self.downs):
             for block in blocks:
@@ -155,4 +158,4 @@ class EANet(ModelMixin, ConfigMixin):
             h = up(h) + skip
             for block in blocks:
                 h = block(h, time)
-        return self.outro(h)
+        return self.outro(h).to(input_dtype)
