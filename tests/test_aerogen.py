@@ -10,7 +10,6 @@ from diffusers import DDIMScheduler
 from earthsynth.boxes import Boxes
 from earthsynth.config import load_config
 from earthsynth.generation.aerogen import AeroGenPipeline
-from earthsynth.generation.aerogen.train import build, make_pipeline
 from earthsynth.generation.aerogen.model import (
     LayoutAttnProcessor,
     LayoutInputs,
@@ -18,6 +17,7 @@ from earthsynth.generation.aerogen.model import (
     pool_masks,
 )
 from earthsynth.generation.aerogen.pipeline import boxes_from_user
+from earthsynth.generation.aerogen.train import build, make_pipeline
 from earthsynth.training.loop import train
 
 TINY = {

@@ -28,6 +28,7 @@ from diffusers import DDIMScheduler, DDPMScheduler
 from earthsynth.data.hsi_noise import NOISE_KINDS, add_noise
 from earthsynth.data.hsi_scenes import SyntheticCubes, collate_cubes, resample_bands
 from earthsynth.errors import InputError
+from earthsynth.generation.common import to_pil
 from earthsynth.generation.hsi.lowrank import spectral_noise_sigmas
 from earthsynth.generation.hsi.model import (
     HSIAutoencoder,
@@ -35,9 +36,9 @@ from earthsynth.generation.hsi.model import (
     HSIRefiner,
     LatentDenoiser3D,
 )
-from earthsynth.generation.common import to_pil
 from earthsynth.generation.hsi.pipeline import HSIDenoisePipeline, normalisation
 from earthsynth.registry import Family
+
 
 @dataclass
 class HSIModelConfig:
