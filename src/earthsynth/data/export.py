@@ -92,7 +92,7 @@ class DatasetWriter:
                 (self.tmp / "ImageSets" / "Main" / f"{split}.txt").write_text("".join(i + "\n" for i in ids))
         elif self.fmt in ("yolo", "yolo-obb"):
             test = "images/test" if "test" in self.ids else None
-            write_yolo_data_yaml(self.tmp, self.class_names, test=test, root=self.out)
+            write_yolo_data_yaml(self.tmp, self.class_names, test=test)
         if self.out.exists():
             self.out.rmdir()  # checked empty in __init__
         self.tmp.rename(self.out)

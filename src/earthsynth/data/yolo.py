@@ -85,16 +85,15 @@ def write_yolo(path: str | os.PathLike, boxes: Boxes, width: int, height: int,
 
 
 def write_yolo_data_yaml(dir: str | os.PathLike, class_names: Sequence[str], train: str = "images/train",
-                         val: str = "images/val", test: str | None = None,
-                         root: str | os.PathLike | None = None) -> Path:
-    """Write `dir`/data.yaml for ultralytics: dataset root, train/val(/test) image folders, class names.
+                         val: str = "images/val", test: str | None = None) -> Path:
+    """Write `dir`/data.yaml for ultralytics: train/val(/test) image folders and class names.
 
-    `path` is written as the absolute dataset root (`root`, default `dir`; a writer that
-    builds in a temporary folder names the final one), since ultralytics resolves a relative
-    one against its own datasets folder rather than the yaml's.
+    No `path` key: ultralytics then takes the yaml's own folder as the dataset root, so the
+    dataset can be moved (an absolute path would name wherever it was written, a temporary
+    staging folder included; a relative one is resolved against ultralytics' datasets folder).
     """
     dir = Path(dir)
-    data = {"path": str(Path(root or dir).resolve()), "train": train, "val": val}
+    data = {"train": train, "val": val}
     if test is not None:
         data["test"] = test
     data.update({"nc": len(class_names), "names": {i: name for i, name in enumerate(class_names)}})
