@@ -153,7 +153,7 @@ def main() -> None:
     aerogen, source = load_aerogen(args.config)
     sd = build_sd(aerogen.unet.unet.config, aerogen.scheduler.config)
     prompts, layouts = demo_requests(args.batch, args.size, aerogen.layout_encoder.config.max_objects)
-    text, null_text, _, _ = aerogen.encode_prompt(prompts, aerogen.device, 1, True)  # negative prompt: ""
+    text, _, null_text, _ = aerogen.encode_prompt(prompts, aerogen.device, 1, True)  # negative prompt: ""
 
     def generators():
         return [torch.Generator().manual_seed(i) for i in range(args.batch)]

@@ -61,7 +61,7 @@ def test_training_and_the_pipeline_encode_the_same_conditions(pipe, components):
     # one batch, three drop patterns (nothing dropped, layout dropped, both dropped) = the
     # pipeline's three guidance passes (all, text only, none), in the same order
     layouts = pipe.normalise_inputs([PROMPT, "a forest"], [BOXES, MOVED], [LABELS, ["Tree"]])[1]
-    text, negative, mask, negative_mask = pipe.encode_prompt([PROMPT, "a forest"], "cpu", 1, True)
+    text, mask, negative, negative_mask = pipe.encode_prompt([PROMPT, "a forest"], "cpu", 1, True)
     stacked = pipe.guidance_inputs(["all", "text", "none"], text, negative, mask, negative_mask, layouts, 16, 16)
     drops = {"text": torch.tensor([False, False, False, False, True, True]),
              "layout": torch.tensor([False, False, True, True, True, True])}
@@ -112,7 +112,7 @@ def test_return_dict_false_gives_the_tuple_and_latent_output_is_the_raw_sample(p
 
 def test_prompt_embeds_from_encode_prompt_reproduce_the_prompt(pipe):
     expected = generate(pipe, negative_prompt="blurry")
-    embeds, negative, mask, negative_mask = pipe.encode_prompt(PROMPT, "cpu", 1, True, negative_prompt="blurry")
+    embeds, mask, negative, negative_mask = pipe.encode_prompt(PROMPT, "cpu", 1, True, negative_prompt="blurry")
     again = pipe(None, BOXES, LABELS, height=16, width=16, num_inference_steps=2, output_type="pt",
                  generator=torch.Generator().manual_seed(0), prompt_embeds=embeds, negative_prompt_embeds=negative,
                  prompt_attention_mask=mask, negative_prompt_attention_mask=negative_mask).images
@@ -163,7 +163,7 @@ SWITCHES = {
 
 def unet_output(pipe, boxes=BOXES):
     """One UNet call on fixed inputs, with the layout of `boxes`."""
-    text, _, mask, _ = pipe.encode_prompt(PROMPT, "cpu", 1, False)
+    text, mask, _, _ = pipe.encode_prompt(PROMPT, "cpu", 1, False)
     inputs = pipe.guidance_inputs(["all"], text, None, mask, None, [boxes_from_user(boxes, LABELS, "test")], 16, 16)
     layout = pipe.unet.prepare_layout(*inputs[2:], 16, 16)
     sample = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(1))

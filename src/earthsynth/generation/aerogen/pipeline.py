@@ -212,7 +212,8 @@ class AeroGenPipeline(TextModelMixin, DiffusionPipeline):
                       do_classifier_free_guidance: bool = True, negative_prompt=None, prompt_embeds=None,
                       negative_prompt_embeds=None, prompt_attention_mask=None, negative_prompt_attention_mask=None,
                       max_sequence_length: int = MAX_TEXT_TOKENS):
-        """diffusers' encode_prompt: (prompt_embeds, negative_prompt_embeds, prompt_attention_mask,
+        """diffusers' encode_prompt in PixArt's order, as text2earth and crsdiff return it:
+        (prompt_embeds, prompt_attention_mask, negative_prompt_embeds,
         negative_prompt_attention_mask), each repeated num_images_per_prompt times, on `device`.
         The negative ones (the unconditional pass) are None without guidance; a missing
         negative prompt is the empty one, as in training."""
@@ -242,7 +243,7 @@ class AeroGenPipeline(TextModelMixin, DiffusionPipeline):
             for_images(m) for m in (prompt_attention_mask, negative_prompt_attention_mask))
         if not do_classifier_free_guidance:
             negative_prompt_embeds = negative_prompt_attention_mask = None
-        return prompt_embeds, negative_prompt_embeds, prompt_attention_mask, negative_prompt_attention_mask
+        return prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask
 
     def encode_layouts(self, layouts: list[Boxes], height: int, width: int, drop: bool = False):
         """(layout tokens, corners, visible) of each image's boxes, or of none (drop=True)."""
@@ -318,7 +319,7 @@ class AeroGenPipeline(TextModelMixin, DiffusionPipeline):
 
         # 2. text and layout conditions for each guidance pass
         passes = guidance_passes(guidance_scale, layout_guidance_scale)
-        text, negative_text, text_mask, negative_mask = self.encode_prompt(
+        text, text_mask, negative_text, negative_mask = self.encode_prompt(
             prompts if prompt_embeds is None else None, device, num_images_per_prompt, "none" in passes,
             negative_prompt, prompt_embeds, negative_prompt_embeds, prompt_attention_mask,
             negative_prompt_attention_mask)
