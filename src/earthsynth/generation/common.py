@@ -146,6 +146,11 @@ def per_image(values: list, num_images_per_prompt: int) -> list:
     return [value for value in values for _ in range(num_images_per_prompt)]
 
 
+def repeat_per_image(tensor: torch.Tensor | None, num_images_per_prompt: int):
+    """(B, ...) -> (B * n, ...), each prompt's rows together as diffusers orders them."""
+    return None if tensor is None else tensor.repeat_interleave(num_images_per_prompt, dim=0)
+
+
 def prepare_latents(shape: tuple[int, ...], generator, device, dtype, init_noise_sigma: float,
                     latents: torch.Tensor | None = None) -> torch.Tensor:
     """The starting latents: the caller's `latents` (checked against `shape`) or fresh noise,

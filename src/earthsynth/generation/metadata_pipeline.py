@@ -27,6 +27,7 @@ from earthsynth.generation.common import (
     per_image,
     prepare_latents,
     process_in_tiles,
+    repeat_per_image,
     step_callback,
 )
 
@@ -87,11 +88,6 @@ def guidance_drops(passes: list[str], batch: int) -> tuple[torch.Tensor, torch.T
     text = torch.tensor([PASS_DROPS[name][0] for name in passes for _ in range(batch)])
     rest = torch.tensor([PASS_DROPS[name][1] for name in passes for _ in range(batch)])
     return text, rest
-
-
-def repeat_per_image(tensor: torch.Tensor | None, num_images_per_prompt: int):
-    """(B, ...) -> (B * n, ...), each prompt's rows together as diffusers orders them."""
-    return None if tensor is None else tensor.repeat_interleave(num_images_per_prompt, dim=0)
 
 
 class MetadataPipelineBase(TextModelMixin, DiffusionPipeline):

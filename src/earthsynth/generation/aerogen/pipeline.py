@@ -36,6 +36,7 @@ from earthsynth.generation.common import (
     images_for_output,
     per_image,
     prepare_latents,
+    repeat_per_image,
     step_callback,
 )
 
@@ -235,7 +236,7 @@ class AeroGenPipeline(TextModelMixin, DiffusionPipeline):
         def for_images(tensor):
             if tensor is None:
                 return None
-            return tensor.to(device).repeat_interleave(num_images_per_prompt, dim=0)
+            return repeat_per_image(tensor.to(device), num_images_per_prompt)
 
         prompt_embeds, negative_prompt_embeds = (None if t is None else for_images(t).to(dtype)
                                                  for t in (prompt_embeds, negative_prompt_embeds))

@@ -27,12 +27,11 @@ from diffusers.utils import BaseOutput
 
 from earthsynth.conditioning.control import landcover_onehot
 from earthsynth.conditioning.scalars import SCALAR_FIELDS, scalar_values
-from earthsynth.generation.common import check_scale, guidance_passes
+from earthsynth.generation.common import check_scale, guidance_passes, repeat_per_image
 from earthsynth.generation.metadata_pipeline import (
     MetadataPipelineBase,
     as_list,
     metadata_conditions,
-    repeat_per_image,
 )
 
 METADATA_KEYS = (*SCALAR_FIELDS, "date")

@@ -24,12 +24,11 @@ import numpy as np
 import torch
 from diffusers.utils import BaseOutput
 
-from earthsynth.generation.common import gsd_values, guidance_passes, per_image
+from earthsynth.generation.common import gsd_values, guidance_passes, per_image, repeat_per_image
 from earthsynth.generation.metadata_pipeline import (
     MetadataPipelineBase,
     as_list,
     metadata_conditions,
-    repeat_per_image,
 )
 
 
