@@ -6,6 +6,7 @@ import contextlib
 import importlib.util
 import io
 import json
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -76,13 +77,84 @@ def save_image(path: Path, width: int = W, height: int = H) -> Path:
 
 
 # ----------------------------------------------------------------------------- VOC
-@pytest.mark.parametrize("make", [horizontal_boxes, rotated_boxes])
+def integer_boxes() -> Boxes:
+    xyxy = [[10, 20, 110, 80], [0, 0, 640, 480], [600, 400, 639, 479], [5, 6, 6, 7]]
+    return Boxes.from_xyxy(xyxy, ["plane", "ship", "small-vehicle", "plane"], difficult=[0, 1, 0, 0])
+
+
+@pytest.mark.parametrize("make", [integer_boxes, rotated_boxes])
 def test_voc_round_trip(tmp_path, make):
     boxes = make()
     write_voc(tmp_path / "a.xml", "a.png", W, H, boxes)
     read, info = read_voc(tmp_path / "a.xml")
     assert info == {"filename": "a.png", "width": W, "height": H, "depth": 3, "clipped": 0}
     assert_same_boxes(read, boxes)
+
+
+def test_voc_writes_the_devkits_one_based_pixel_indices(tmp_path):
+    # 0-based continuous corners -> 1-based inclusive indices of the pixels the box touches
+    xyxy = [[0, 0, 640, 480], [10, 20, 110, 80], [2.3, 4.7, 8.2, 9.0], [3, 3, 3.5, 3.5], [300.25, 100.5, 350.75, 180.125]]
+    write_voc(tmp_path / "a.xml", "a.png", W, H, Boxes.from_xyxy(xyxy, ["plane"] * 5))
+    root = ET.parse(tmp_path / "a.xml").getroot()
+    written = [[el.findtext(f"bndbox/{k}") for k in ("xmin", "ymin", "xmax", "ymax")] for el in root.iter("object")]
+    assert written == [["1", "1", "640", "480"], ["11", "21", "110", "80"], ["3", "5", "9", "9"], ["4", "4", "4", "4"],
+                       ["301", "101", "351", "181"]]
+    read, _ = read_voc(tmp_path / "a.xml")  # back to 0-based: the enclosing pixel-aligned box
+    np.testing.assert_allclose(read.xyxy(), [[0, 0, 640, 480], [10, 20, 110, 80], [2, 4, 9, 9], [3, 3, 4, 4],
+                                             [300, 100, 351, 181]])
+    # an enclosing box of a rotated box overhanging the image is clamped inside it
+    write_voc(tmp_path / "r.xml", "r.png", 100, 100, Boxes(np.array([[95, 50, 20, 8, 30.0]]), ["ship"], rotated=True))
+    bndbox = ET.parse(tmp_path / "r.xml").getroot().find("object/bndbox")
+    assert int(bndbox.findtext("xmax")) == 100 and int(bndbox.findtext("xmin")) >= 1
+
+
+def rolabelimg_read(path: Path) -> list[tuple[str, list[tuple[float, float]], bool]]:
+    """What roLabelImg's reader (libs/pascal_voc_io.py, PascalVocReader) makes of a file, redone
+    by its rules: every object needs <type>; a 'bndbox' object's corners are int() of its
+    texts (a decimal point crashes it); a 'robndbox' object's corners are its (w, h) box
+    rotated about (cx, cy) by -angle in its rotatePoint (y down)."""
+    shapes = []
+    for obj in ET.parse(path).getroot().findall("object"):
+        kind = obj.find("type").text  # an object without <type> is an AttributeError there
+        if kind == "bndbox":
+            x0, y0, x1, y1 = (int(obj.find(f"bndbox/{k}").text) for k in ("xmin", "ymin", "xmax", "ymax"))
+            shapes.append((obj.find("name").text, [(x0, y0), (x1, y0), (x1, y1), (x0, y1)], False))
+        elif kind == "robndbox":
+            cx, cy, w, h, theta = (float(obj.find(f"robndbox/{k}").text) for k in ("cx", "cy", "w", "h", "angle"))
+            t = -theta
+            corners = []
+            for dx, dy in ((-w / 2, -h / 2), (w / 2, -h / 2), (w / 2, h / 2), (-w / 2, h / 2)):
+                corners.append((cx + np.cos(t) * dx + np.sin(t) * dy, cy - np.sin(t) * dx + np.cos(t) * dy))
+            shapes.append((obj.find("name").text, corners, True))
+    return shapes
+
+
+@pytest.mark.parametrize("make", [horizontal_boxes, rotated_boxes])
+def test_rolabelimg_reads_what_we_write(tmp_path, make):
+    boxes = make()
+    write_voc(tmp_path / "a.xml", "a.png", W, H, boxes)
+    root = ET.parse(tmp_path / "a.xml").getroot()
+    assert root.findtext("filename") == "a.png"
+    angles = [float(a.text) for a in root.iter("angle")]
+    assert all(0 <= a < np.pi for a in angles) and len(angles) == (len(boxes) if boxes.rotated else 0)
+    shapes = rolabelimg_read(tmp_path / "a.xml")
+    assert [s[0] for s in shapes] == boxes.labels and all(s[2] == boxes.rotated for s in shapes)
+    for (_, corners, _), want in zip(shapes, boxes.corners() if boxes.rotated else boxes.xyxy(), strict=True):
+        corners = np.array(corners)
+        if boxes.rotated:  # the same rectangle: the same corners, in some order
+            assert min(np.abs(np.roll(corners, k, axis=0) - want).max() for k in range(4)) < 1e-4
+        else:  # 1-based pixel indices around the box
+            x0, y0, x1, y1 = want
+            assert (corners[0] == [np.floor(x0) + 1, np.floor(y0) + 1]).all()
+            assert (corners[2] == [np.ceil(x1), np.ceil(y1)]).all()
+
+
+def test_voc_reads_one_or_zero_based_files(tmp_path):
+    (tmp_path / "a.xml").write_text(voc_xml(voc_object(box=(1, 1, 640, 480)) + voc_object(box=(11, 21, 110, 80))))
+    read, _ = read_voc(tmp_path / "a.xml")
+    np.testing.assert_allclose(read.xyxy(), [[0, 0, 640, 480], [10, 20, 110, 80]])
+    read, _ = read_voc(tmp_path / "a.xml", one_based=False)
+    np.testing.assert_allclose(read.xyxy(), [[1, 1, 640, 480], [11, 21, 110, 80]])
 
 
 def test_voc_reads_rolabelimg_robndbox(tmp_path):
@@ -108,7 +180,7 @@ EXPECTED_DEEPFOREST = {
 @pytest.mark.parametrize("name", sorted(EXPECTED_DEEPFOREST))
 def test_deepforest_xml_counts(name):
     width, height, counts = EXPECTED_DEEPFOREST[name]
-    boxes, info = read_voc(deepforest_dir() / name)
+    boxes, info = read_voc(deepforest_dir() / name, one_based=False)
     assert (info["width"], info["height"]) == (width, height)
     assert boxes.class_counts() == counts
     assert info["clipped"] == 0  # no deepforest box overruns its image
@@ -121,8 +193,8 @@ def test_deepforest_csv_counts():
     assert {k: len(v) for k, v in read_box_csv(data / "example.csv").items()} == {"2019_YELL_2_541000_4977000_image_crop.png": 79}
     multi = read_box_csv(data / "testfile_multi.csv", class_names=["Dead", "Alive"])
     assert multi["SOAP_061.png"].class_counts() == {"Alive": 9, "Dead": 28}
-    # the CSV and the XML of the same image hold the same boxes
-    xml_boxes, _ = read_voc(data / "SOAP_061.xml")
+    # the CSV and the XML of the same image hold the same boxes: deepforest's XML is 0-based
+    xml_boxes, _ = read_voc(data / "SOAP_061.xml", one_based=False)
     np.testing.assert_allclose(multi["SOAP_061.png"].xyxy(), xml_boxes.xyxy())
 
 
@@ -149,7 +221,7 @@ def test_box_csv_round_trip_and_dataset(tmp_path):
 
 
 def test_voc_one_pixel_overrun_is_clipped(tmp_path):
-    write_voc(tmp_path / "a.xml", "a.png", W, H, Boxes.from_xyxy([[-1, 10, 100, 481]], ["plane"]))
+    (tmp_path / "a.xml").write_text(voc_xml(voc_object(box=(0, 11, 100, 481))))  # 0 and 481: one pixel out
     boxes, info = read_voc(tmp_path / "a.xml")
     assert info["clipped"] == 1
     np.testing.assert_allclose(boxes.xyxy(), [[0, 10, 100, 480]])
@@ -168,7 +240,7 @@ def voc_object(name="plane", box=(10, 10, 50, 50), difficult="0") -> str:
 @pytest.mark.parametrize("text, words", [
     ("<annotation><size>", ["malformed XML", "line 1"]),
     (voc_xml(voc_object(), size=""), ["missing <size><width>"]),
-    (voc_xml(voc_object(box=(10, 10, 10, 50))), ["object 1", "zero or negative size"]),
+    (voc_xml(voc_object(box=(10, 10, 9, 50))), ["object 1", "zero or negative size"]),  # 10..10 is 1 px
     (voc_xml(voc_object() + voc_object(box=(600, 10, 700, 50))), ["object 2", "extends outside the 640x480 image"]),
     (voc_xml(voc_object(box=(700, 10, 800, 50))), ["object 1", "lies outside"]),
     (voc_xml(voc_object(name="tree")), ["object 1", "unknown class 'tree'"]),
@@ -341,10 +413,10 @@ def test_yolo_rotated_written_as_enclosing_boxes(tmp_path):
 
 
 def test_yolo_data_yaml_and_dataset(tmp_path):
-    yaml_path = write_yolo_data_yaml(tmp_path, CLASSES)
-    assert read_yolo_class_names(yaml_path) == CLASSES
     save_image(tmp_path / "images" / "train" / "a.png")
     save_image(tmp_path / "images" / "val" / "b.jpg", 320, 240)
+    yaml_path = write_yolo_data_yaml(tmp_path, CLASSES)
+    assert read_yolo_class_names(yaml_path) == CLASSES
     (tmp_path / "labels" / "train").mkdir(parents=True)
     write_yolo(tmp_path / "labels" / "train" / "a.txt", rotated_boxes(), W, H, CLASSES, obb=True)
     records = read_dataset(tmp_path, "yolo-obb")

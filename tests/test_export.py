@@ -8,6 +8,7 @@ from earthsynth.boxes import Boxes
 from earthsynth.data.annotations import read_dataset
 from earthsynth.data.export import EXPORT_FORMATS, DatasetWriter, export_real_tiles
 from earthsynth.data.tiles import RealTiles
+from earthsynth.data.yolo import ultralytics_problems
 from earthsynth.errors import InputError
 
 
@@ -58,6 +59,15 @@ def test_exported_coco_loads_in_pycocotools_and_yolo_yaml_names_the_final_folder
     # no `path`: ultralytics takes the yaml's folder as the root, so the dataset can be moved
     assert "path" not in data and data["test"] == "images/test"
     assert (out / "voc" / "ImageSets" / "Main" / "val.txt").read_text().count("\n") == 4
+
+
+@pytest.mark.parametrize("fmt", ["yolo", "yolo-obb"])
+def test_exported_yolo_passes_ultralytics_dataset_rules(exported, fmt):
+    out, _ = exported
+    assert ultralytics_problems(out / fmt / "data.yaml", obb=fmt == "yolo-obb") == []
+    # val and test were exported, no train: ultralytics needs a train entry, it names the val images
+    data = yaml.safe_load((out / fmt / "data.yaml").read_text())
+    assert (data["train"], data["val"], data["test"], data["nc"]) == ("images/val", "images/val", "images/test", 3)
 
 
 def test_a_failed_export_leaves_nothing(tmp_path):

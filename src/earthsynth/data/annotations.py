@@ -15,7 +15,6 @@ replace their file atomically.
 
 from __future__ import annotations
 
-import csv
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,6 +30,8 @@ from earthsynth.data.common import (
     find_image,
     format_number,
     image_size,
+    inside_folder,
+    read_csv_rows,
 )
 from earthsynth.data.dota import read_dota, write_dota
 from earthsynth.data.voc import read_voc, write_voc
@@ -49,35 +50,34 @@ CSV_COLUMNS = ("image_path", "xmin", "ymin", "xmax", "ymax", "label")
 
 # ----------------------------------------------------------------------------- deepforest CSV
 def read_box_csv(csv_path: str | os.PathLike, class_names: Sequence[str] | None = None,
-                 image_dir: str | os.PathLike | None = None, tolerance: float = 1.0) -> dict[str, Boxes]:
+                 image_dir: str | os.PathLike | None = None, tolerance: float = 1.0,
+                 allow_outside_paths: bool = False) -> dict[str, Boxes]:
     """A deepforest CSV -> {image file name: boxes}, images in order of first appearance.
 
     The CSV holds no image sizes: boxes are checked against an image when it is found in
     `image_dir` (default: the CSV's folder), else only for size. A row whose four
-    coordinates are all 0 is deepforest's mark for an image without objects.
+    coordinates are all 0 is deepforest's mark for an image without objects. An image_path
+    leading outside `image_dir` is refused unless `allow_outside_paths`.
     """
     csv_path = Path(csv_path)
     image_dir = csv_path.parent if image_dir is None else Path(image_dir)
-    try:
-        with open(csv_path, newline="", encoding="utf-8") as f:
-            rows = list(csv.reader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise InputError(csv_path, f"cannot read: {err}") from None
+    rows = read_csv_rows(csv_path)
     if not rows:
         raise InputError(csv_path, "empty file, expected a header " + ",".join(CSV_COLUMNS))
-    header = [h.strip() for h in rows[0]]
+    header = [h.strip() for h in rows[0][1]]
     missing = [c for c in CSV_COLUMNS if c not in header]
     if missing:
         raise InputError(csv_path, f"line 1: missing column(s) {', '.join(missing)}")
     column = {name: header.index(name) for name in CSV_COLUMNS}
 
     per_image: dict[str, list] = {}  # image name -> [(xyxy, label, where)]
-    for number, row in enumerate(rows[1:], start=2):
+    for number, row in rows[1:]:
         if not any(cell.strip() for cell in row):
             continue
         if len(row) != len(header):
             raise InputError(csv_path, f"line {number}: expected {len(header)} values, got {len(row)}")
         image = row[column["image_path"]].strip()
+        inside_folder(image_dir, image_dir, image, csv_path, f"line {number}", allow_outside_paths)
         label = row[column["label"]].strip()
         try:
             xyxy = [float(row[column[k]]) for k in ("xmin", "ymin", "xmax", "ymax")]
@@ -114,7 +114,7 @@ def write_box_csv(path: str | os.PathLike, boxes_per_image: dict[str, Boxes]) ->
 
 # ----------------------------------------------------------------------------- datasets
 def read_dataset(root: str | os.PathLike, fmt: str, class_names: Sequence[str] | None = None,
-                 tolerance: float = 1.0) -> list[dict]:
+                 tolerance: float = 1.0, allow_outside_paths: bool = False) -> list[dict]:
     """Read a whole annotated dataset -> one record per image, sorted by image path.
 
     A record: {"image_path", "width", "height", "boxes", "image_id" (file stem), "annotation_path"}
@@ -133,6 +133,9 @@ def read_dataset(root: str | os.PathLike, fmt: str, class_names: Sequence[str] |
     csv       root is a deepforest CSV (or a folder with exactly one); images next to it.
 
     Image sizes stated by an annotation (VOC, COCO) are checked against the image header.
+    An image path named in an annotation file (VOC filename, COCO file_name, CSV image_path)
+    that is absolute or leads outside the dataset folder is refused unless
+    `allow_outside_paths` (a dataset from elsewhere must not make us read any file it names).
     """
     root = Path(root)
     if fmt not in FORMATS:
@@ -140,13 +143,13 @@ def read_dataset(root: str | os.PathLike, fmt: str, class_names: Sequence[str] |
     if not root.exists():
         raise InputError(root, "no such file or folder")
     if fmt == "voc":
-        records = _read_voc_dataset(root, class_names, tolerance)
+        records = _read_voc_dataset(root, class_names, tolerance, allow_outside_paths)
     elif fmt == "coco":
-        records = _read_coco_dataset(root, class_names, tolerance)
+        records = _read_coco_dataset(root, class_names, tolerance, allow_outside_paths)
     elif fmt == "dota":
         records = _read_dota_dataset(root, class_names, tolerance)
     elif fmt == "csv":
-        records = _read_csv_dataset(root, class_names, tolerance)
+        records = _read_csv_dataset(root, class_names, tolerance, allow_outside_paths)
     else:
         records = _read_yolo_dataset(root, class_names, tolerance, obb=fmt == "yolo-obb")
     return sorted(records, key=lambda r: r["image_path"])
@@ -163,7 +166,7 @@ def _check_size(annotation_path, image_path: Path, width: int, height: int) -> N
         raise InputError(annotation_path, f"says {image_path.name} is {width}x{height} but the image is {actual[0]}x{actual[1]}")
 
 
-def _read_voc_dataset(root: Path, class_names, tolerance) -> list[dict]:
+def _read_voc_dataset(root: Path, class_names, tolerance, allow_outside_paths) -> list[dict]:
     if (root / "Annotations").is_dir():
         xml_dir, image_dir = root / "Annotations", root / "JPEGImages"
     else:
@@ -171,6 +174,8 @@ def _read_voc_dataset(root: Path, class_names, tolerance) -> list[dict]:
     records = []
     for xml_path in sorted(xml_dir.glob("*.xml")):
         boxes, info = read_voc(xml_path, class_names, tolerance)
+        if info["filename"]:
+            inside_folder(root, image_dir, info["filename"], xml_path, "<filename>", allow_outside_paths)
         image_path = find_image(image_dir, info["filename"], xml_path.stem)
         if image_path is None:
             raise InputError(xml_path, f"image {info['filename'] or xml_path.stem} not found in {image_dir}")
@@ -186,13 +191,14 @@ def _single_file(folders: Sequence[Path], pattern: str, what: str) -> Path:
     return found[0]
 
 
-def _read_coco_dataset(root: Path, class_names, tolerance) -> list[dict]:
+def _read_coco_dataset(root: Path, class_names, tolerance, allow_outside_paths) -> list[dict]:
     json_path = root if root.is_file() else _single_file([root, root / "annotations"], "*.json", "COCO .json file")
     base = json_path.parent.parent if json_path.parent.name == "annotations" else json_path.parent
     image_dir = base / "images" if (base / "images").is_dir() else json_path.parent
     records = []
     for image, boxes in read_coco(json_path, class_names, tolerance)[0]:
-        image_path = image_dir / image["file_name"]
+        image_path = inside_folder(base, image_dir, image["file_name"], json_path, f"image id {image['id']}",
+                                   allow_outside_paths)
         if not image_path.is_file():
             raise InputError(json_path, f"image {image['file_name']} not found in {image_dir}")
         _check_size(json_path, image_path, image["width"], image["height"])
@@ -236,10 +242,11 @@ def _read_yolo_dataset(root: Path, class_names, tolerance, obb: bool) -> list[di
     return records
 
 
-def _read_csv_dataset(root: Path, class_names, tolerance) -> list[dict]:
+def _read_csv_dataset(root: Path, class_names, tolerance, allow_outside_paths) -> list[dict]:
     csv_path = root if root.is_file() else _single_file([root], "*.csv", "box .csv file")
     records = []
-    for name, boxes in read_box_csv(csv_path, class_names, tolerance=tolerance).items():
+    for name, boxes in read_box_csv(csv_path, class_names, tolerance=tolerance,
+                                    allow_outside_paths=allow_outside_paths).items():
         image_path = csv_path.parent / name
         if not image_path.is_file():
             raise InputError(csv_path, f"image {name} not found in {csv_path.parent}")

@@ -40,6 +40,8 @@ def read_coco(json_path: str | os.PathLike, class_names: Sequence[str] | None = 
         raise InputError(json_path, f"malformed JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
     except (OSError, UnicodeDecodeError) as err:
         raise InputError(json_path, f"cannot read: {err}") from None
+    except RecursionError:  # json's decoder recurses once per level of [ or {
+        raise InputError(json_path, "JSON nested too deeply to be a COCO file") from None
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise InputError(json_path, "not a COCO file: no 'images' list at the top level")
     if not isinstance(data.get("categories"), list):

@@ -11,12 +11,13 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
 import uuid
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO
+
+import numpy as np
 
 from earthsynth.errors import InputError
 
@@ -50,13 +51,26 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+def new_hidden_folder(target: str | os.PathLike) -> Path:
+    """A new empty folder `.<name>.<8 random characters>` beside `target` (its parents made),
+    to build `target` in and rename when complete. Made with os.mkdir, so it gets the user's
+    umask like any folder they make, not tempfile.mkdtemp's 0700 (which the rename would
+    carry over to the output: others of the group could not read it)."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        folder = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}")
+        with contextlib.suppress(FileExistsError):
+            folder.mkdir()
+            return folder
+
+
 @contextlib.contextmanager
 def atomic_directory(directory: str | os.PathLike) -> Iterator[Path]:
     """A new empty folder beside `directory`; on success it replaces `directory` (and what was
     there), on any error it is removed."""
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    tmp = new_hidden_folder(directory)
     try:
         yield tmp
         if directory.exists():
@@ -113,3 +127,86 @@ def one_line(err: BaseException | str) -> str:
 def check_label(label: str, class_names: Sequence[str] | None, source, where: str) -> None:
     if class_names is not None and label not in class_names:
         raise InputError(source, f"{where}: unknown class {label!r} (known: {', '.join(class_names)})")
+
+@contextlib.contextmanager
+def open_image(path: str | os.PathLike) -> Iterator:
+    """PIL's Image.open for reading pixels, with an image over PIL's pixel limit (a
+    decompression bomb: a small file whose pixels would fill the memory) refused in one line
+    naming the file, at the limit where PIL only warns as well as where it raises. PIL checks
+    while opening and again while loading some formats' frames, so the whole block is guarded."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            with Image.open(path) as image:
+                yield image
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+            raise InputError(path, f"refused as a possible decompression bomb: {one_line(err)}") from None
+
+
+def read_csv_rows(path: str | os.PathLike) -> list[tuple[int, list[str]]]:
+    """(line number, cells) of every row of a CSV file, blank rows included as [].
+
+    Read strictly: the csv module would let a quote that is never closed swallow the rest of
+    the file into one cell, silently; here that, and any quoted value running over several
+    lines (no field of ours holds a line break, so that is a stray quote too), is refused in
+    one line naming the line where the value starts.
+    """
+    import csv
+
+    rows = []
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f, strict=True)
+            start = 1
+            while True:
+                try:
+                    row = next(reader)
+                except StopIteration:
+                    break
+                except csv.Error as err:
+                    problem = ("a quote opened here is never closed" if "unexpected end of data" in str(err)
+                               else one_line(err))
+                    raise InputError(path, f"line {start}: {problem}") from None
+                if reader.line_num > start:
+                    raise InputError(path, f"line {start}: a quoted value runs on to line {reader.line_num} "
+                                     "(a stray quote?)")
+                rows.append((start, row))
+                start = reader.line_num + 1
+    except FileNotFoundError:
+        raise InputError(path, "file not found") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(path, f"cannot read: {one_line(err)}") from None
+    return rows
+
+
+def inside_folder(root: str | os.PathLike, folder: str | os.PathLike, name: str, source, where: str,
+                  allow_outside: bool = False) -> Path:
+    """`folder / name` for a path named inside an annotation file (COCO file_name, CSV
+    image_path, VOC filename), refused in one line if it is absolute or its `..` lead outside
+    the dataset folder `root`, unless `allow_outside`: an annotation file should not make a
+    reader open (or a writer copy) files elsewhere on the machine. Checked on the names as
+    written: a symbolic link the user put inside the folder is followed."""
+    path = Path(folder) / name
+    if not allow_outside:
+        inside = Path(os.path.abspath(path)).is_relative_to(os.path.abspath(root))
+        if Path(name).is_absolute() or not inside:
+            raise InputError(source, f"{where}: image path {name!r} leads outside the dataset folder "
+                             "(pass --allow-outside-paths, or allow_outside_paths=True, if that is meant)")
+    return path
+
+
+def self_crossing(quads: np.ndarray) -> np.ndarray:
+    """(N,) bool: which (N, 4, 2) quadrilaterals cross themselves (a bow tie: corners not in
+    order around the shape), so that no rectangle can honestly stand for them."""
+    quads = np.asarray(quads, dtype=np.float64).reshape(-1, 4, 2)
+
+    def cross(o, a, b):
+        return (a[:, 0] - o[:, 0]) * (b[:, 1] - o[:, 1]) - (a[:, 1] - o[:, 1]) * (b[:, 0] - o[:, 0])
+
+    def segments_cross(a, b, c, d):  # proper crossings only: touching ends do not count
+        return (cross(a, b, c) * cross(a, b, d) < 0) & (cross(c, d, a) * cross(c, d, b) < 0)
+
+    p0, p1, p2, p3 = (quads[:, i] for i in range(4))
+    return segments_cross(p0, p1, p2, p3) | segments_cross(p1, p2, p3, p0)

@@ -7,7 +7,9 @@
 Corners go clockwise on screen; DOTA's first corner is wherever the annotator started, and
 `Boxes.from_corners` keeps the first edge as the box's width axis, so write -> read gives the
 same (w, h, angle). Quadrilaterals that are not exact rectangles become their minimum-area
-rectangle. Lines without the difficulty (DOTA test-set style) are read as not difficult.
+rectangle; one that crosses itself (a bow tie: corners out of order) is refused, as no
+rectangle stands for it. Lines without the difficulty (DOTA test-set style) are read as not
+difficult.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from earthsynth.boxes import Boxes
-from earthsynth.data.common import atomic_write, check_label, format_number
+from earthsynth.data.common import atomic_write, check_label, format_number, self_crossing
 from earthsynth.errors import InputError
 
 
@@ -58,6 +60,8 @@ def read_dota(txt_path: str | os.PathLike, width: int | None = None, height: int
             raise InputError(txt_path, f"line {number}: the 8 corner coordinates must be numbers") from None
         if not np.all(np.isfinite(quad)):
             raise InputError(txt_path, f"line {number}: a corner coordinate is not finite")
+        if self_crossing(quad)[0]:
+            raise InputError(txt_path, f"line {number}: the polygon crosses itself (corners not in order around it)")
         label = values[8]
         check_label(label, class_names, txt_path, f"line {number}")
         flag = values[9] if len(values) == 10 else "0"

@@ -14,7 +14,6 @@ output and renamed into place when complete, so a failure leaves nothing half wr
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ from PIL import Image
 
 from earthsynth.boxes import Boxes
 from earthsynth.data.coco import write_coco
+from earthsynth.data.common import new_hidden_folder
 from earthsynth.data.dota import write_dota
 from earthsynth.data.voc import write_voc
 from earthsynth.data.yolo import write_yolo, write_yolo_data_yaml
@@ -45,8 +45,7 @@ class DatasetWriter:
             raise InputError(self.out, "output folder exists and is not empty; choose another --out")
         self.fmt = fmt
         self.class_names = list(class_names)
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", dir=self.out.parent))
+        self.tmp = new_hidden_folder(self.out)  # with the user's umask, unlike mkdtemp
         self.coco_images: dict[str, list] = {}  # split -> [(file_name, w, h, boxes)]
         self.ids: dict[str, list[str]] = {}  # split -> image ids, in order
 
@@ -91,8 +90,7 @@ class DatasetWriter:
             for split, ids in self.ids.items():
                 (self.tmp / "ImageSets" / "Main" / f"{split}.txt").write_text("".join(i + "\n" for i in ids))
         elif self.fmt in ("yolo", "yolo-obb"):
-            test = "images/test" if "test" in self.ids else None
-            write_yolo_data_yaml(self.tmp, self.class_names, test=test)
+            write_yolo_data_yaml(self.tmp, self.class_names)  # lists the images/<split> folders written
         if self.out.exists():
             self.out.rmdir()  # checked empty in __init__
         self.tmp.rename(self.out)

@@ -33,6 +33,8 @@ def read_jsonl(path: str | os.PathLike, allow_cut_last_line: bool = False) -> li
             if allow_cut_last_line and number == len(lines):
                 break
             raise InputError(path, f"line {number}: not valid JSON ({err.msg})") from None
+        except RecursionError:  # json's decoder recurses once per level of [ or {
+            raise InputError(path, f"line {number}: JSON nested too deeply") from None
         if not isinstance(row, dict):
             raise InputError(path, f"line {number}: expected a JSON object, got {type(row).__name__}")
         rows.append((number, row))

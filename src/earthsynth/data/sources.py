@@ -100,7 +100,7 @@ def deepforest_images() -> list[SourceImage]:
     images = []
     for image_id, split in DEEPFOREST_SPLIT.items():
         xml = root / f"{image_id}.xml"
-        boxes, _info = read_voc(xml)
+        boxes, _info = read_voc(xml, one_based=False)  # deepforest writes 0-based corners
         site = image_id.split("_")[1] if image_id.startswith("2019_") else image_id.split("_")[0]
         # OSBS_029 also ships as a GeoTIFF with the same pixels: prefer it, it keeps the CRS
         tif = root / f"{image_id}.tif"

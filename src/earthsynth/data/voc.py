@@ -1,17 +1,24 @@
 """Pascal VOC XML annotations, with roLabelImg's `robndbox` for rotated boxes.
 
-Coordinates are read as they stand, as continuous pixel coordinates (no 1-based shift):
-deepforest and most modern tools write 0-based corners with xmax up to the image width.
+`<bndbox>` holds what the VOC devkit writes: integer, 1-based, inclusive pixel indices, so
+(1, 1, W, H) is the whole image. Reading turns them into earthsynth's continuous 0-based
+corners (xmin - 1, ymin - 1, xmax, ymax), as detectron2's VOC reader does; writing takes the
+pixels a box touches (xmin = floor(x0) + 1, xmax = ceil(x1)) inside the image. Files from
+tools that write 0-based corners with xmax up to the width (deepforest's) are read with
+`one_based=False`.
 
-roLabelImg stores a rotated box as `<robndbox><cx/><cy/><w/><h/><angle/></robndbox>` with
-the angle in radians, its width axis along (cos a, sin a) on screen: the same sense as
-earthsynth's degrees (clockwise on screen), so reading is a unit change plus folding to
-[-90, 90). We write the angle in [0, pi) as roLabelImg does, plus a `<type>` element
-(roLabelImg needs it) and the enclosing `<bndbox>` (plain VOC tools need that).
+roLabelImg stores a rotated box as `<type>robndbox</type>` and
+`<robndbox><cx/><cy/><w/><h/><angle/></robndbox>`, in continuous pixels, the angle in radians
+in [0, pi), its width axis along (cos a, sin a) on screen (its reader rotates the corners by
+-angle in its y-down frame): the same sense as earthsynth's degrees (clockwise on screen), so
+reading is a unit change plus folding to [-90, 90). Its reader needs `<type>` on every object
+and integers in `<bndbox>`; we also write the enclosing `<bndbox>` of a rotated box, for plain
+VOC tools (roLabelImg reads the robndbox of a robndbox object).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
@@ -25,8 +32,8 @@ from earthsynth.errors import InputError
 
 
 def read_voc(xml_path: str | os.PathLike, class_names: Sequence[str] | None = None,
-             tolerance: float = 1.0) -> tuple[Boxes, dict]:
-    """One VOC XML file -> (boxes, info).
+             tolerance: float = 1.0, one_based: bool = True) -> tuple[Boxes, dict]:
+    """One VOC XML file -> (boxes, info); `one_based=False` for files with 0-based corners.
 
     info: filename (None if absent), width, height, depth, clipped (boxes overrunning the
     image by <= `tolerance` px, clipped to it). Objects are numbered from 1 in errors.
@@ -67,6 +74,8 @@ def read_voc(xml_path: str | os.PathLike, class_names: Sequence[str] | None = No
         elif obj.find("bndbox") is not None:
             x0, y0, x1, y1 = (_number(obj, f"bndbox/{k}", xml_path, place, float)
                               for k in ("xmin", "ymin", "xmax", "ymax"))
+            if one_based:
+                x0, y0 = x0 - 1, y0 - 1
             rows.append([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0, 0.0])
         else:
             raise InputError(xml_path, f"{place} ({name}) has neither <bndbox> nor <robndbox>")
@@ -100,18 +109,31 @@ def write_voc(path: str | os.PathLike, filename: str, width: int, height: int, b
         ET.SubElement(obj, "truncated").text = "0"
         ET.SubElement(obj, "difficult").text = "1" if difficult else "0"
         bndbox = ET.SubElement(obj, "bndbox")
-        for key, value in zip(("xmin", "ymin", "xmax", "ymax"), xyxy, strict=True):
-            ET.SubElement(bndbox, key).text = format_number(value)
+        for key, value in zip(("xmin", "ymin", "xmax", "ymax"), pixel_indices(xyxy, width, height), strict=True):
+            ET.SubElement(bndbox, key).text = str(value)
         if boxes.rotated:
             robndbox = ET.SubElement(obj, "robndbox")
-            angle = np.deg2rad(box[4]) % np.pi
             for key, value in zip(("cx", "cy", "w", "h"), box[:4], strict=True):
                 ET.SubElement(robndbox, key).text = format_number(value)
-            ET.SubElement(robndbox, "angle").text = format_number(angle, 8)
+            angle = format_number(np.deg2rad(box[4]) % np.pi, 8)
+            # turned by pi a rectangle is the same one: keep [0, pi) after rounding too
+            ET.SubElement(robndbox, "angle").text = angle if float(angle) < np.pi else "0"
     ET.indent(root)
     with atomic_write(path, "wb") as f:
         ET.ElementTree(root).write(f, encoding="utf-8", xml_declaration=False)
     return Path(path)
+
+
+def pixel_indices(xyxy, width: int, height: int) -> tuple[int, int, int, int]:
+    """Continuous 0-based corners -> the VOC devkit's 1-based inclusive indices of the pixels
+    the box touches, inside the image. 1e-6 keeps float noise (x1 = 20.0000001) from adding
+    a pixel."""
+    x0, y0, x1, y1 = (float(v) for v in xyxy)
+    xmin = min(max(math.floor(x0 + 1e-6) + 1, 1), int(width))
+    ymin = min(max(math.floor(y0 + 1e-6) + 1, 1), int(height))
+    xmax = min(max(math.ceil(x1 - 1e-6), xmin), int(width))
+    ymax = min(max(math.ceil(y1 - 1e-6), ymin), int(height))
+    return xmin, ymin, xmax, ymax
 
 
 def _number(element: ET.Element, tag: str, source, place: str, kind: type):
