@@ -29,10 +29,11 @@ def psnr(estimate: torch.Tensor, truth: torch.Tensor, data_range: float = 1.0) -
     return float((10 * torch.log10(data_range**2 / mse)).mean())
 
 
-def ssim(estimate: torch.Tensor, truth: torch.Tensor, data_range: float = 1.0) -> float:
-    estimate, truth = _batch(estimate), _batch(truth)
+def ssim_index(estimate: torch.Tensor, truth: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """Mean SSIM (11x11 Gaussian window, sigma 1.5) of each image in a (B, C, H, W) batch, as a
+    differentiable tensor in the inputs' dtype: the autoencoder's loss uses it, `ssim` reports it."""
     channels = truth.shape[1]
-    x = torch.arange(11, dtype=torch.float64) - 5
+    x = torch.arange(11, dtype=truth.dtype, device=truth.device) - 5
     gauss = torch.exp(-(x**2) / (2 * 1.5**2))
     gauss = gauss / gauss.sum()
     window = (gauss[:, None] * gauss[None, :]).expand(channels, 1, 11, 11)
@@ -46,7 +47,11 @@ def ssim(estimate: torch.Tensor, truth: torch.Tensor, data_range: float = 1.0) -
     var_y = blur(truth * truth) - mu_y**2
     cov = blur(estimate * truth) - mu_x * mu_y
     index = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
-    return float(index.mean())
+    return index.flatten(1).mean(1)
+
+
+def ssim(estimate: torch.Tensor, truth: torch.Tensor, data_range: float = 1.0) -> float:
+    return float(ssim_index(_batch(estimate), _batch(truth), data_range).mean())
 
 
 def high_frequency_energy(image: torch.Tensor) -> float:

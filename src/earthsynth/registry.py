@@ -47,6 +47,7 @@ class Family:
 # name -> "module:attribute"; imported only when used, so `earthsynth --help` stays fast.
 FAMILIES: dict[str, str] = {
     "smoke": "earthsynth.generation.smoke.train:FAMILY",
+    "autoencoder": "earthsynth.generation.autoencoder.train:FAMILY",
     "ediffsr": "earthsynth.generation.ediffsr.train:FAMILY",
     "aerogen": "earthsynth.generation.aerogen.train:FAMILY",
     "text2earth": "earthsynth.generation.text2earth.train:FAMILY",

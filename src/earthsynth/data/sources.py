@@ -36,6 +36,11 @@ DEEPFOREST_UNLABELLED_VAL = "SOAP_031"
 # second test image where no labels are needed (super-resolution). Nothing trains on it.
 DEEPFOREST_DRONE_TEST = "AWPE Pigeon Lake 2020 DJI_0005"
 DEEPFOREST_GSD = 0.1  # NEON AOP RGB orthophotos, metres per pixel
+# The in-domain test area: the last quarter of the rows of each YELL training image, and a
+# buffer of one tile above it (256 source pixels, the largest window a family cuts), so that
+# no training tile borders a test tile. A run with `data.exclude_test_area` trains above it.
+IN_DOMAIN_TEST_SHARE = 0.25
+IN_DOMAIN_BUFFER_ROWS = 256
 NEON_SITES = {"YELL": "Yellowstone National Park", "SOAP": "Soaproot Saddle, Sierra Nevada", "OSBS": "Ordway-Swisher Biological Station, Florida"}
 
 
@@ -112,6 +117,16 @@ def deepforest_images() -> list[SourceImage]:
             annotation_path=xml, boxes=boxes, crs=header.crs, header=header,
         ))
     return images
+
+
+def in_domain_test_rows(image: SourceImage) -> tuple[int, int] | None:
+    """(first row of the buffer, first row of the test area) of a YELL training image, or
+    None for an image without an in-domain test area. Rows from the first value on are kept
+    out of training when the test area is excluded."""
+    if image.source != "deepforest" or image.split != "train" or image.header is None:
+        return None
+    test_start = image.header.height - int(round(image.header.height * IN_DOMAIN_TEST_SHARE))
+    return max(0, test_start - IN_DOMAIN_BUFFER_ROWS), test_start
 
 
 def deepforest_unlabelled_val() -> SourceImage:

