@@ -101,9 +101,12 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
         pass
     try:
         import rasterio
+        from rasterio.errors import NotGeoreferencedWarning
 
-        with rasterio.open(path) as src:
-            return src.width, src.height
+        with warnings.catch_warnings():  # only the size is wanted: a plain PNG's missing grid is no news
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(path) as src:
+                return src.width, src.height
     except Exception as err:
         raise InputError(path, f"cannot read the image size: {one_line(err)}") from None
 
