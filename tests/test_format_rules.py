@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import warnings
 import zlib
 from pathlib import Path
 
@@ -25,7 +26,13 @@ from earthsynth.data.annotations import (
     read_yolo,
     write_coco,
 )
-from earthsynth.data.common import atomic_directory, open_image, read_csv_rows, self_crossing
+from earthsynth.data.common import (
+    atomic_directory,
+    image_size,
+    open_image,
+    read_csv_rows,
+    self_crossing,
+)
 from earthsynth.data.export import DatasetWriter
 from earthsynth.data.jsonl import read_jsonl
 from earthsynth.data.voc import write_voc
@@ -42,6 +49,13 @@ def save_image(path: Path, width: int = 64, height: int = 48) -> Path:
     return path
 
 
+@pytest.fixture
+def umask_027():
+    old = os.umask(0o027)
+    yield 0o750
+    os.umask(old)
+
+
 # ----------------------------------------------------------------------------- ultralytics' rules
 def edge_boxes(rotated: bool) -> Boxes:
     """Boxes the way augment's layouts hold them: one inside, one at the corner, and for
@@ -53,7 +67,7 @@ def edge_boxes(rotated: bool) -> Boxes:
 
 
 @pytest.mark.parametrize("fmt", ["yolo", "yolo-obb"])
-def test_augments_yolo_output_passes_ultralytics_rules(tmp_path, fmt):
+def test_augments_yolo_output_passes_ultralytics_rules(tmp_path, fmt, umask_027):
     from earthsynth.jobs.augment import write_candidates
 
     out = tmp_path / "run"
@@ -65,6 +79,7 @@ def test_augments_yolo_output_passes_ultralytics_rules(tmp_path, fmt):
                         "layout": {"rboxes": boxes.rboxes.tolist(), "labels": boxes.labels, "rotated": boxes.rotated}})
     write_candidates(out, records, out / fmt, fmt, CLASSES, gsd=0.2)
     assert ultralytics_problems(out / fmt / "data.yaml", obb=fmt == "yolo-obb") == []
+    assert (out / fmt).stat().st_mode & 0o777 == umask_027  # the user's umask, not mkdtemp's 0700
     data = yaml.safe_load((out / fmt / "data.yaml").read_text())
     # only the train split was written: val names it (ultralytics needs both), no images/val listed
     assert data == {"train": "images/train", "val": "images/train", "nc": 2, "names": {0: "Tree", 1: "Dead"}}
@@ -129,13 +144,6 @@ def test_ultralytics_checker_obb_columns(tmp_path):
 
 
 # ----------------------------------------------------------------------------- umask
-@pytest.fixture
-def umask_027():
-    old = os.umask(0o027)
-    yield 0o750
-    os.umask(old)
-
-
 def test_output_folders_get_the_users_umask(tmp_path, umask_027):
     with atomic_directory(tmp_path / "out") as staging:
         (staging / "a.txt").write_text("a")
@@ -242,6 +250,10 @@ def test_decompression_bombs_are_one_line(tmp_path, monkeypatch):
     with pytest.raises(InputError) as err, open_image(bomb):
         pass
     assert_input_error(err, bomb, "decompression bomb", "1600000000 pixels")
+    with warnings.catch_warnings(record=True) as caught:  # its size alone is read quietly (rasterio)
+        warnings.simplefilter("always")
+        assert image_size(bomb) == (40000, 40000)
+    assert [str(w.message) for w in caught] == []
     # over PIL's warning limit (not yet its error limit): refused too, not read with a warning
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2000)
     small = save_image(tmp_path / "small.png", 60, 50)  # 3000 px: between 1x and 2x the limit
@@ -276,3 +288,4 @@ def test_json_nested_beyond_reason_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(InputError) as err:
         read_dataset(tmp_path / "y", "yolo")
     assert_input_error(err, tmp_path / "y" / "data.yaml", "nested too deeply")
+
