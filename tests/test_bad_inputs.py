@@ -4,8 +4,8 @@ Each case (tests/bad_inputs/) builds tiny broken inputs in tmp_path and runs the
 in-process through `earthsynth.cli.main`. It must exit 1 (the CLI's code for an InputError)
 with exactly one stderr line (a warning counts as a line) that names the file or option at
 fault and the problem, raise no exception (a traceback at the shell), and leave tmp_path
-exactly as it was: no output,
-no hidden staging folder, nothing written into the working directory.
+exactly as it was: no output, no hidden staging folder, nothing written into the working
+directory.
 
 The work a bad input must never reach is blocked (ReachedWork) so that a case that is
 accepted fails in milliseconds instead of generating: augment stops once its models are

@@ -76,17 +76,23 @@ def png_bomb(path: Path, width: int = 50_000, height: int = 50_000) -> Path:
                  + chunk(b"IEND", b""))
 
 
+def a_file(tmp: Path) -> Path:
+    """A plain file where a command wants a folder (--out, output_dir)."""
+    return write(tmp / "taken.txt", "a file, not a folder\n")
+
+
 def truncate(path: Path, keep: float = 0.5) -> Path:
     data = path.read_bytes()
     path.write_bytes(data[: int(len(data) * keep)])
     return path
 
 
-def replace(path: Path, old: str, new: str) -> Path:
-    """`old` -> `new` once in a text file; a case that no longer finds its target fails loudly."""
+def replace(path: Path, old: str, new: str, count: int = 1) -> Path:
+    """`old` -> `new` (`count` times, -1: everywhere) in a text file; a case that no longer finds
+    its target fails loudly."""
     text = path.read_text(encoding="utf-8")
     assert old in text, f"{old!r} not in {path}"
-    path.write_text(text.replace(old, new, 1), encoding="utf-8")
+    path.write_text(text.replace(old, new, count), encoding="utf-8")
     return path
 
 

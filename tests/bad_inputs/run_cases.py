@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from bad_inputs.build import Bad, augment_output, case, resolve, run_config, write
+from bad_inputs.build import Bad, a_file, augment_output, case, resolve, run_config, write
 
 
 # ----------------------------------------------------------------------------- train
@@ -28,10 +28,6 @@ def changed(**changes):
 def checkpoint_like(tmp, weights="model.bin"):
     """A folder that looks like a checkpoint but holds pickled weights."""
     return str(write(tmp / "old-run" / "step-3" / weights, b"\x80\x04pickled").parent)
-
-
-def a_file(tmp):
-    return write(tmp / "taken.txt", "a file, not a folder\n")
 
 
 TRAIN_CASES = [
@@ -137,7 +133,7 @@ EVALUATE_CASES = [
     case("evaluate-seeds-not-integers", evaluate("--seeds", "0,one", names="--seeds", words=("integers",))),
     case("evaluate-seeds-empty", evaluate("--seeds", ",", names="--seeds", words=("at least one seed",))),
     case("evaluate-steps-negative", evaluate("--steps", "-5", names="--steps", words=("at least 1",)),
-         xfail="augment fixing: evaluate --steps below 1 reaches training"),
+         xfail="unassigned (evaluate): --steps below 1 reaches the detector training"),
     case("evaluate-detector-config-missing", evaluate("--detector-config", "/nonexistent/recipe.yaml", names="recipe.yaml",
                                                       words=("cannot read the detector recipe",))),
     case("evaluate-detector-config-not-a-detector", evaluate("--detector-config", lambda tmp: str(run_config(
@@ -162,7 +158,7 @@ def exported_before(tmp):
     return tmp / "ds"
 
 
-EXPORT = "config fixing: data export --tile-size / --min-visible out of range end in a ValueError traceback"
+EXPORT = "unassigned (data export): --tile-size / --min-visible out of range end in a ValueError traceback"
 EXPORT_CASES = [
     case("export-without-out", export(out=False, names="data export", words=("needs --out",))),
     case("export-format-unknown", export("--format", "cocoa", names="--format", words=("cocoa", "choose from"))),
