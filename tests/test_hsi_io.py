@@ -270,3 +270,62 @@ def test_real_deepforest_geotiff():
     cube = read_cube(Path(spec.submodule_search_locations[0]) / "data" / "OSBS_029.tif", expected_bands=3)
     assert cube.data.shape == (3, 400, 400) and cube.metadata["crs"] == "EPSG:32617"
     assert cube.metadata["transform"][0] == pytest.approx(0.1)  # NEON RGB: 0.1 m pixels
+
+
+def test_geotiff_wavelengths_from_band_tags_or_descriptions(tmp_path):
+    from earthsynth.data.geotiff import Raster, write_geotiff
+
+    data = make_cube()
+    tagged = [{"wavelength": str(400 + 100 * i), "wavelength_units": "Nanometers", "fwhm": "10"} for i in range(B)]
+    write_geotiff(tmp_path / "tags.tif", Raster(data, band_tags=tagged))
+    cube = read_cube(tmp_path / "tags.tif")
+    np.testing.assert_allclose(cube.wavelengths, np.arange(400, 1000, 100) / 1000)
+    np.testing.assert_allclose(cube.fwhm, [0.01] * B)
+    described = [f"B{i} ({0.4 + 0.1 * i:.1f} Micrometers)" for i in range(B - 1)] + ["B5 905 nm"]
+    write_geotiff(tmp_path / "names.tif", Raster(data, band_names=described))
+    np.testing.assert_allclose(read_cube(tmp_path / "names.tif").wavelengths, [0.4, 0.5, 0.6, 0.7, 0.8, 0.905])
+    write_geotiff(tmp_path / "partly.tif", Raster(data, band_names=described[:-1] + ["B5"]))
+    assert read_cube(tmp_path / "partly.tif").wavelengths is None  # every band or none
+
+
+def test_envi_keeps_a_geotiff_grid_nodata_and_the_envi_header(tmp_path):
+    """write_envi gives a GeoTIFF cube's CRS and (rotated) transform GDAL's map info and
+    coordinate system string, its nodata as data ignore value; an ENVI cube's header keys come
+    back as they were. rasterio reads it all back."""
+    import rasterio
+    from affine import Affine
+
+    from earthsynth.data.geotiff import Raster, write_geotiff
+
+    data = make_cube()
+    data[:, 0, 0] = -1
+    transform = Affine.translation(400000, 3300000) * Affine.rotation(15) * Affine.scale(2, -2)
+    write_geotiff(tmp_path / "grid.tif", Raster(data, crs="EPSG:32617", transform=tuple(transform)[:6], nodata=-1))
+    cube = read_cube(tmp_path / "grid.tif")
+    assert cube.metadata["nodata_mask"].sum() == 1
+    write_envi(tmp_path / "grid.hdr", cube)
+    with rasterio.open(tmp_path / "grid.img") as envi:
+        assert envi.crs.to_epsg() == 32617 and envi.nodata == -1
+        np.testing.assert_allclose(tuple(envi.transform), tuple(transform), atol=1e-6)
+
+    again = read_envi(tmp_path / "grid.hdr")
+    assert again.metadata["nodata"] == -1 and again.metadata["nodata_mask"].sum() == 1
+    again.metadata["envi"]["reflectance scale factor"] = "10000"
+    write_envi(tmp_path / "copy.hdr", again)
+    copied = parse_envi_header(tmp_path / "copy.hdr")
+    for key in ("map info", "coordinate system string", "reflectance scale factor", "data ignore value"):
+        assert copied[key] == again.metadata["envi"][key], key
+
+
+def test_nan_nodata_pixels_are_holes_not_bad_values(tmp_path):
+    from earthsynth.data.geotiff import Raster, write_geotiff
+
+    data = make_cube()
+    data[:, 1, 1] = np.nan  # a hole
+    write_geotiff(tmp_path / "holes.tif", Raster(data, nodata=float("nan")))
+    assert read_cube(tmp_path / "holes.tif").metadata["nodata_mask"].sum() == 1
+    data[2, 3, 3] = np.nan  # one band only: a bad value
+    write_geotiff(tmp_path / "bad.tif", Raster(data, nodata=float("nan")))
+    with pytest.raises(InputError) as err:
+        read_cube(tmp_path / "bad.tif")
+    assert_input_error(err, tmp_path / "bad.tif", "band 2 has 1 NaN/inf values")

@@ -1,6 +1,9 @@
 """`earthsynth upscale`: PNG and GeoTIFF in, x4 out with georeferencing, every band and the
 dtype kept; bad input is one line naming the file, exit 1, and nothing written."""
 
+import struct
+import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +16,7 @@ from earthsynth.cli import main
 from earthsynth.data.geotiff import Raster, read_geotiff, write_geotiff
 from earthsynth.generation.ediffsr import EANet, EDiffSRPipeline, MeanRevertingScheduler
 from earthsynth.jobs.upscale import band_groups, from_unit, to_unit
+from test_geo_integrity import assert_profile_kept, rich_geotiff
 
 STEPS = ["--steps", "2"]
 
@@ -132,11 +136,46 @@ def test_six_band_uint16_keeps_every_band_and_the_dtype(tmp_path, model_dir, bic
     assert low_means[5] - low_means[0] > 3000  # so a band mix-up would fail the check above
 
 
+def test_geotiff_holes_stay_out_of_the_model_and_the_profile_is_kept(tmp_path, bicubic_model_dir, capsys):
+    """Nodata 255: the hole (every band 255) is filled from its neighbours before the model, so
+    no dark or bright halo appears around it, and comes back as a hole upscaled x4; a pixel with
+    one band at 255 is no hole, and no valid output value is 255. Compression, predictor, tiles,
+    band descriptions, units, scales / offsets and tags are kept; the pixel size is divided by 4."""
+    data = np.full((3, 32, 32), 120, np.uint8)  # two 16 px tiles wide (one would read as strips)
+    data[:, 8:16, 8:16] = 255  # a hole
+    data[0, 22:28, 22:28] = 255  # one band at the nodata value (saturated red): valid
+    rich_geotiff(tmp_path / "in.tif", data, nodata=255)
+    code, err = run([str(tmp_path / "in.tif"), "--out", str(tmp_path / "out.tif")], bicubic_model_dir, capsys)
+    assert code == 0, err
+    assert_profile_kept(tmp_path / "out.tif", tmp_path / "in.tif", scale=4)
+    with rasterio.open(tmp_path / "out.tif") as out:
+        high, holes = out.read(), out.dataset_mask() == 0
+    expected = np.zeros((128, 128), bool)
+    expected[32:64, 32:64] = True
+    np.testing.assert_array_equal(holes, expected)
+    assert (high[:, holes] == 255).all() and not (high[:, ~holes] == 255).any()
+    assert np.abs(high[1:, ~holes].astype(int) - 120).max() <= 1  # no halo around the hole
+    assert (high[0, 96:104, 96:104] == 254).all()  # the saturated pixels are no hole: 255 moved one step
+
+    # a mask instead of a nodata value: the output carries the mask, upscaled
+    with rasterio.open(tmp_path / "masked.tif", "w", driver="GTiff", width=32, height=32, count=3, dtype="uint8",
+                       crs="EPSG:32617", transform=rasterio.Affine(0.1, 0, 404000, 0, -0.1, 3285000)) as dst:
+        dst.write(np.where(data == 255, 0, data))
+        dst.write_mask(np.where(expected[::4, ::4], 0, 255).astype(np.uint8))
+    code, err = run([str(tmp_path / "masked.tif"), "--out", str(tmp_path / "masked_x4.tif")], bicubic_model_dir, capsys)
+    assert code == 0, err
+    with rasterio.open(tmp_path / "masked_x4.tif") as out:
+        np.testing.assert_array_equal(out.dataset_mask() == 0, expected)
+        assert np.abs(out.read()[1:, ~expected].astype(int) - 120).max() <= 1  # the masked 0s did not bleed
+
+
 def test_other_dtypes_are_stretched_per_band_and_mapped_back():
     data = np.stack([np.linspace(-50, 30, 16).reshape(4, 4), np.linspace(1000, 3000, 16).reshape(4, 4)]).astype(np.int16)
-    mask = np.zeros(data.shape, bool)
-    unit, ranges = to_unit(data, mask)
+    unit, ranges = to_unit(data, None)
     assert unit.min() == 0 and unit.max() == 1 and ranges == [(-50.0, 30.0), (1000.0, 3000.0)]
+    mask = np.zeros((4, 4), bool)
+    mask[0, 0] = True  # a nodata pixel is left out of the stretch
+    assert to_unit(data, mask)[1] == [(float(data[0, 0, 1]), 30.0), (float(data[1, 0, 1]), 3000.0)]
     back = from_unit(unit, ranges, data.dtype)
     assert back.dtype == np.int16 and np.abs(back.astype(int) - data).max() <= 1
     assert band_groups(6, 3) == [[0, 1, 2], [3, 4, 5]]
@@ -153,7 +192,7 @@ def check_failure(code: int, err: str, named: Path, out: Path, *words: str) -> N
     assert not [p for p in out.parent.iterdir() if p.name.endswith(".tmp")]  # no temporary file left behind
 
 
-def test_bad_input_is_one_line_exit_1_and_writes_nothing(tmp_path, model_dir, capsys):
+def test_bad_input_is_one_line_exit_1_and_writes_nothing(tmp_path, model_dir, capsys, monkeypatch):
     out = tmp_path / "out" / "x4.tif"
     out.parent.mkdir()
     missing = tmp_path / "missing.tif"
@@ -174,10 +213,26 @@ def test_bad_input_is_one_line_exit_1_and_writes_nothing(tmp_path, model_dir, ca
     check_failure(*run([str(corrupt), "--out", str(out)], model_dir, capsys), corrupt, out, "corrupt")
     truncated_png = tmp_path / "truncated.png"
     Image.fromarray(np.zeros((32, 32, 3), np.uint8) + 90).save(truncated_png)
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8) + 90).save(tmp_path / "big.png")  # 400 px
     truncated_png.write_bytes(truncated_png.read_bytes()[:60])
     png_out = out.with_suffix(".png")
     check_failure(*run([str(truncated_png), "--out", str(png_out)], model_dir, capsys), truncated_png, png_out,
                   "corrupt")
+
+    # decompression bombs: a PNG whose header declares 40000x40000 px, and (where warnings are
+    # errors) one just past PIL's warning limit
+    bomb = tmp_path / "bomb.png"
+    Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(bomb)
+    raw = bytearray(bomb.read_bytes())
+    raw[16:24] = struct.pack(">II", 40000, 40000)  # IHDR width and height, then its CRC
+    raw[29:33] = struct.pack(">I", zlib.crc32(bytes(raw[12:29])))
+    bomb.write_bytes(bytes(raw))
+    check_failure(*run([str(bomb), "--out", str(png_out)], model_dir, capsys), bomb, png_out, "decompression bomb")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 300)  # warns past 300 px, refuses past 600
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        check_failure(*run([str(truncated_png.with_name("big.png")), "--out", str(png_out)], model_dir, capsys),
+                      truncated_png.with_name("big.png"), png_out, "decompression bomb")
 
     nan = tmp_path / "nan.tif"
     nan_data = smooth(3, 8, 1.0).astype(np.float32)

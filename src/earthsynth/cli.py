@@ -340,7 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output file: .hdr/.img (ENVI), .mat, .npy or .tif")
     p.add_argument("--method", choices=["model", "robust-pca"], default="model",
                    help="the hsi model (default) or the classical robust low-rank fit its refiner starts from (no model)")
-    p.add_argument("--rank", type=int, default=4, help="robust-pca: subspace rank (default 4)")
+    p.add_argument("--rank", type=int,
+                   help="robust-pca: subspace rank, below the band count (default 4, or bands - 1 if fewer)")
     p.add_argument("--model", help="hsi pipeline folder (default: the bundled one)")
     p.add_argument("--steps", type=int, default=4, help="denoising steps (default 4)")
     p.add_argument("--strength", type=float, default=0.5,

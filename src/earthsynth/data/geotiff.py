@@ -10,10 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+from rasterio.enums import MaskFlags
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 
-from earthsynth.data.common import atomic_path
+from earthsynth.data.common import atomic_path, one_line
 from earthsynth.errors import InputError
 
 EARTH_METRES_PER_DEGREE = 111_320.0  # along a meridian; scaled by cos(lat) along a parallel
@@ -49,6 +50,20 @@ class Raster(BandsMixin):
     tags: dict[str, str] = field(default_factory=dict)
     band_names: list[str] = field(default_factory=list)  # the file's band descriptions, if every band has one
     path: str | None = None
+    # (H, W) True where a pixel is nodata (see nodata_pixels, or the file's internal mask); None: no such pixel
+    nodata_mask: np.ndarray | None = None
+    # per band, each empty when the file has none: tags (GDAL's STATISTICS_* left out: they
+    # describe the old pixels), units, scales and offsets (value * scale + offset = quantity)
+    band_tags: list[dict[str, str]] = field(default_factory=list)
+    units: list[str] = field(default_factory=list)
+    scales: list[float] = field(default_factory=list)
+    offsets: list[float] = field(default_factory=list)
+    creation: dict = field(default_factory=dict)  # GTiff layout: compress, predictor, tiling / block size, interleave
+
+
+# what a tool that writes new pixels on the same grid keeps of a Raster (denoise's cube metadata)
+GRID_FIELDS = ("crs", "transform", "nodata", "tags", "nodata_mask", "band_tags", "units", "scales", "offsets",
+               "creation")
 
 
 def _crs_string(crs) -> str | None:
@@ -120,8 +135,10 @@ def _read_plain_image(path: Path, window) -> Raster:
             if image.mode not in ("L", "RGB", "RGBA", "I;16"):
                 image = image.convert("RGB")
             data = np.asarray(image)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:  # the warning where promoted
+        raise InputError(path, f"refused as a possible decompression bomb ({one_line(err)})") from None
     except (OSError, UnidentifiedImageError, SyntaxError) as err:
-        raise InputError(path, f"truncated or corrupt image ({' '.join(str(err).split())})") from None
+        raise InputError(path, f"truncated or corrupt image ({one_line(err)})") from None
     data = data[None] if data.ndim == 2 else data.transpose(2, 0, 1)
     if window is not None:
         x0, y0, x1, y1 = window
@@ -150,6 +167,9 @@ def read_geotiff(path: str | os.PathLike, window: tuple[int, int, int, int] | No
             data = src.read(window=win)
             transform = src.window_transform(win) if win is not None else src.transform
             has_geo = src.crs is not None and not transform.is_identity
+            bands = range(1, src.count + 1)
+            band_tags = [{k: v for k, v in src.tags(i).items() if not k.startswith("STATISTICS_")} for i in bands]
+            scaled = set(src.scales) != {1.0} or set(src.offsets) != {0.0}
             return Raster(
                 data=data,
                 crs=_crs_string(src.crs),
@@ -159,17 +179,114 @@ def read_geotiff(path: str | os.PathLike, window: tuple[int, int, int, int] | No
                 tags=dict(src.tags()),
                 band_names=list(src.descriptions) if all(src.descriptions) else [],
                 path=str(path),
+                nodata_mask=_nodata_mask(src, data, win),
+                band_tags=band_tags if any(band_tags) else [],
+                units=list(src.units) if any(src.units) else [],
+                scales=list(src.scales) if scaled else [],
+                offsets=list(src.offsets) if scaled else [],
+                creation=_creation_options(src),
             )
     except RasterioError as err:
         raise InputError(path, f"truncated, corrupt or not a raster ({str(err).splitlines()[0]})") from None
 
 
+def _nodata_mask(src, data: np.ndarray, window) -> np.ndarray | None:
+    """(H, W) True where the file says a pixel is nodata, None where none is. With a nodata
+    value, GDAL's dataset mask rule: only where every band holds it (computed from the
+    pixels read); with an internal mask (no alpha band), that mask."""
+    flags = src.mask_flag_enums
+    if all(band == [MaskFlags.nodata] for band in flags):
+        return nodata_pixels(data, src.nodata)
+    if any(MaskFlags.per_dataset in band and MaskFlags.alpha not in band for band in flags):
+        mask = src.dataset_mask(window=window) == 0
+        return mask if mask.any() else None
+    return None
+
+
+def _creation_options(src) -> dict:
+    """How a GTiff is compressed and laid out, so that an output written like it is as small
+    and reads as fast. Strips keep their rows per strip (their width is the image's)."""
+    if src.driver != "GTiff":
+        return {}
+    profile = src.profile
+    options = {key: profile[key] for key in ("compress", "photometric", "interleave") if profile.get(key)}
+    predictor = src.tags(ns="IMAGE_STRUCTURE").get("PREDICTOR")
+    if predictor:
+        options["predictor"] = int(predictor)
+    if profile.get("tiled"):
+        options.update(tiled=True, blockxsize=profile["blockxsize"], blockysize=profile["blockysize"])
+    else:
+        options["blockysize"] = profile["blockysize"]
+    return options
+
+
+def nodata_value(nodata: float | None, dtype) -> np.generic | None:
+    """`nodata` in `dtype`, or None when there is none or it cannot be held (-9999 in uint8)."""
+    if nodata is None:
+        return None
+    dtype = np.dtype(dtype)
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        if math.isnan(nodata) or nodata != int(nodata) or not info.min <= nodata <= info.max:
+            return None
+    return np.asarray(nodata).astype(dtype)[()]
+
+
+def nodata_pixels(data: np.ndarray, nodata: float | None) -> np.ndarray | None:
+    """(H, W) True where EVERY band of (C, H, W) `data` holds `nodata` (NaN: is NaN), as GDAL's
+    dataset mask says: a valid pixel whose one band merely equals it (saturated sand at 255) stays
+    valid. None without a nodata value or without such a pixel."""
+    value = nodata_value(nodata, data.dtype)
+    if value is None:
+        return None
+    mask = np.isnan(data).all(axis=0) if np.isnan(value) else (data == value).all(axis=0)
+    return mask if mask.any() else None
+
+
+def fill_nodata(data: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """A copy of (C, H, W) `data` whose nodata pixels (`mask` (H, W) True) hold the values of
+    the nearest valid pixel: a model fed holes at 0 or 255 smears them into the valid pixels
+    around (dark halos). Unchanged where no pixel is valid."""
+    from scipy import ndimage
+
+    if mask.all():
+        return data.copy()
+    rows, cols = ndimage.distance_transform_edt(mask, return_distances=False, return_indices=True)
+    return data[:, rows, cols]
+
+
+def mark_nodata(data: np.ndarray, mask: np.ndarray | None, nodata: float | None) -> np.ndarray:
+    """Output pixels (C, H, W) with the input's holes: every band of a `mask` pixel set to
+    `nodata`, and each valid value that equals it moved one step (1, or the next float) towards
+    the inside of the dtype's range, so no new hole appears, for a tool that reads nodata per
+    band either. Unchanged without a nodata value the dtype can hold."""
+    value = nodata_value(nodata, data.dtype)
+    if value is None:
+        return data
+    out = data.copy()
+    if np.issubdtype(out.dtype, np.integer):
+        step = value - 1 if value == np.iinfo(out.dtype).max else value + 1
+    else:
+        step = np.nextafter(value, out.dtype.type(1 if value == 0 else 0))
+    taken = out == value
+    if mask is not None:
+        taken[:, mask] = False
+        out[:, mask] = value
+    out[taken] = step
+    return out
+
+
 def write_geotiff(path: str | os.PathLike, raster: Raster) -> None:
-    """Write `raster` as a GeoTIFF, atomically (temp file + rename), CRS/transform/tags kept."""
+    """Write `raster` as a GeoTIFF, atomically (temp file + rename): CRS, transform, nodata (or
+    the internal mask), tags, band descriptions, band tags, units, scales / offsets and the
+    compression and layout of `raster.creation` kept."""
     path = Path(path)
     data = raster.data if raster.data.ndim == 3 else raster.data[None]
-    profile = dict(driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
-                   dtype=data.dtype, nodata=raster.nodata)
+    count = data.shape[0]
+    profile = dict(driver="GTiff", width=data.shape[2], height=data.shape[1], count=count,
+                   dtype=data.dtype, nodata=raster.nodata, **raster.creation)
+    if raster.creation.get("compress"):
+        profile["bigtiff"] = "IF_SAFER"  # GDAL's IF_NEEDED cannot tell for compressed data; x4 can pass 4 GB
     if raster.crs is not None:
         profile["crs"] = raster.crs
     if raster.transform is not None:
@@ -179,10 +296,18 @@ def write_geotiff(path: str | os.PathLike, raster: Raster) -> None:
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(tmp, "w", **profile) as dst:
             dst.write(data)
+            if raster.nodata_mask is not None and raster.nodata is None:  # the holes as an internal mask
+                dst.write_mask(np.where(raster.nodata_mask, 0, 255).astype(np.uint8))
             if raster.tags:
                 dst.update_tags(**raster.tags)
-            for i, name in enumerate(raster.band_names[: data.shape[0]]):
+            for i, name in enumerate(raster.band_names[:count]):
                 dst.set_band_description(i + 1, name)
+            for i, tags in enumerate(raster.band_tags[:count]):
+                dst.update_tags(i + 1, **tags)
+            if len(raster.units) == count:
+                dst.units = raster.units
+            if len(raster.scales) == len(raster.offsets) == count:
+                dst.scales, dst.offsets = raster.scales, raster.offsets
 
 
 def centre_lonlat(raster: Raster) -> tuple[float, float] | None:

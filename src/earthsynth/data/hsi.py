@@ -1,10 +1,14 @@
 """Hyperspectral cubes from ENVI, MATLAB .mat, .npy and multi-band GeoTIFF files.
 
 Every reader returns a `Cube`: float32 data (bands, H, W) with values as stored (no
-reflectance scale factor applied; it is kept in the metadata), wavelengths in micrometres
-when the file says them, and the file's own data type as metadata["dtype"] (so a tool
-can write its result back in that type). Every reader refuses NaN / inf values (an InputError naming the
-band and the count) unless `allow_nan=True`, and checks `expected_bands` when given.
+reflectance scale factor applied; it is kept in the metadata), wavelengths (and FWHM) in
+micrometres when the file says them, and the file's own data type as metadata["dtype"] (so a
+tool can write its result back in that type). The nodata value (an ENVI `data ignore value`,
+a GeoTIFF's nodata) is metadata["nodata"], and metadata["nodata_mask"] (H, W) marks the pixels
+whose every band holds it (or the GeoTIFF's mask). Every reader refuses NaN / inf values outside
+those pixels (an InputError naming the band and the count) unless `allow_nan=True`, and checks
+`expected_bands` when given. write_envi writes back what an ENVI or GeoTIFF input said of its
+grid (map info, coordinate system string), values and bands.
 
 ENVI spectral libraries (`file type = ENVI Spectral Library`: one spectrum per line, the
 bands along the samples) are not cubes; `read_spectral_library` reads them.
@@ -13,13 +17,16 @@ bands along the samples) are not cubes; `read_spectral_library` reads them.
 from __future__ import annotations
 
 import os
+import re
+import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from earthsynth.data.common import atomic_write, format_number, one_line
-from earthsynth.data.geotiff import BandsMixin, read_geotiff
+from earthsynth.data.geotiff import GRID_FIELDS, BandsMixin, Raster, nodata_pixels, read_geotiff
 from earthsynth.errors import InputError
 
 # ENVI "data type" codes -> numpy type (byte order added from the header)
@@ -29,22 +36,25 @@ ENVI_DATA_EXTENSIONS = ("", ".img", ".dat", ".sli", ".raw", ".bsq", ".bil", ".bi
 
 @dataclass
 class Cube(BandsMixin):
-    """A hyperspectral cube: data (bands, H, W) float32, wavelengths (bands,) in micrometres."""
+    """A hyperspectral cube: data (bands, H, W) float32, wavelengths and their FWHM (bands,) in micrometres."""
 
     data: np.ndarray
     wavelengths: np.ndarray | None = None
     band_names: list[str] | None = None
     path: str | None = None
     metadata: dict = field(default_factory=dict)
+    fwhm: np.ndarray | None = None
 
     def __post_init__(self):
         self.data = np.asarray(self.data, dtype=np.float32)
         if self.data.ndim != 3:
             raise ValueError(f"cube data must be (bands, H, W), got shape {self.data.shape}")
-        if self.wavelengths is not None:
-            self.wavelengths = np.asarray(self.wavelengths, dtype=np.float64).reshape(-1)
-            if len(self.wavelengths) != self.bands:
-                raise ValueError(f"{len(self.wavelengths)} wavelengths for {self.bands} bands")
+        for name in ("wavelengths", "fwhm"):
+            values = getattr(self, name)
+            if values is not None:
+                setattr(self, name, np.asarray(values, dtype=np.float64).reshape(-1))
+                if len(getattr(self, name)) != self.bands:
+                    raise ValueError(f"{len(getattr(self, name))} {name} for {self.bands} bands")
         if self.band_names is not None and len(self.band_names) != self.bands:
             raise ValueError(f"{len(self.band_names)} band names for {self.bands} bands")
 
@@ -76,7 +86,10 @@ def check_cube(cube: Cube, allow_nan: bool = False, expected_bands: int | None =
     if expected_bands is not None and cube.bands != expected_bands:
         raise InputError(cube.path, f"has {cube.bands} bands, expected {expected_bands}")
     if not allow_nan:
-        bad = (~np.isfinite(cube.data)).reshape(cube.bands, -1).sum(axis=1)
+        bad = ~np.isfinite(cube.data)
+        if cube.metadata.get("nodata_mask") is not None:
+            bad[:, cube.metadata["nodata_mask"]] = False  # NaN nodata pixels are holes, not bad values
+        bad = bad.reshape(cube.bands, -1).sum(axis=1)
         if bad.any():
             first = int(np.flatnonzero(bad)[0])
             others = int((bad > 0).sum()) - 1
@@ -134,9 +147,12 @@ def read_envi(path: str | os.PathLike, allow_nan: bool = False, expected_bands: 
     names = header.get("band names")
     if names is not None and (not isinstance(names, list) or len(names) != bands):
         raise InputError(hdr_path, f"'band names' lists {len(names) if isinstance(names, list) else 1} names for {bands} bands")
-    cube = Cube(data, _envi_wavelengths(hdr_path, header, bands), band_names=names,
+    nodata = _envi_number(hdr_path, header, "data ignore value")
+    wavelengths, fwhm = _envi_wavelengths(hdr_path, header, bands)
+    cube = Cube(data, wavelengths, band_names=names, fwhm=fwhm,
                 path=str(data_path), metadata={"envi": header, "header_path": str(hdr_path),
-                                               "dtype": ENVI_DTYPES[_header_int(header, "data type", hdr_path)]})
+                                               "dtype": ENVI_DTYPES[_header_int(header, "data type", hdr_path)],
+                                               "nodata": nodata, "nodata_mask": nodata_pixels(data, nodata)})
     return check_cube(cube, allow_nan, expected_bands)
 
 
@@ -163,7 +179,7 @@ def read_spectral_library(path: str | os.PathLike, allow_nan: bool = False) -> t
     if not allow_nan and not np.all(np.isfinite(spectra)):
         bad = np.flatnonzero(~np.all(np.isfinite(spectra), axis=1))
         raise InputError(data_path, f"{len(bad)} spectra hold NaN/inf values, the first is {names[bad[0]]!r} (row {bad[0]}); pass allow_nan=True to keep them")
-    return spectra, _envi_wavelengths(hdr_path, header, bands), list(names)
+    return spectra, _envi_wavelengths(hdr_path, header, bands)[0], list(names)
 
 
 def write_envi(path: str | os.PathLike, cube: Cube, description: str = "written by earthsynth") -> Path:
@@ -194,16 +210,55 @@ def write_envi(path: str | os.PathLike, cube: Cube, description: str = "written 
     if cube.wavelengths is not None:
         lines.append("wavelength units = Micrometers")
         lines.append("wavelength = {" + ", ".join(format_number(w, 9) for w in cube.wavelengths) + "}")
+        if cube.fwhm is not None:
+            lines.append("fwhm = {" + ", ".join(format_number(w, 9) for w in cube.fwhm) + "}")
     if cube.band_names is not None:
         for name in cube.band_names:
             if "," in name or "{" in name or "}" in name:
                 raise InputError(hdr_path, f"band name {name!r} holds a comma or brace, which an ENVI header cannot")
         lines.append("band names = {" + ", ".join(cube.band_names) + "}")
+    lines += _kept_header_lines(cube)
     # one `with` for both files: either both are replaced or neither
     with atomic_write(data_path, "wb") as f_data, atomic_write(hdr_path) as f_hdr:
         f_data.write(np.ascontiguousarray(cube.data, dtype="<f4").tobytes())
         f_hdr.write("\n".join(lines) + "\n")
     return hdr_path
+
+
+# header keys about the grid or the meaning of the values and bands, which a cube written on the
+# same grid in the same units (denoise's output) shares with its input
+KEPT_ENVI_KEYS = ("map info", "projection info", "coordinate system string", "reflectance scale factor",
+                  "data gain values", "data offset values", "sensor type", "acquisition time", "default bands", "bbl")
+
+
+def _kept_header_lines(cube: Cube) -> list[str]:
+    """The header lines a cube's metadata asks for: the KEPT_ENVI_KEYS of an ENVI input, the
+    map info and coordinate system string of a GeoTIFF input's CRS and transform, and its
+    nodata value as `data ignore value`."""
+    meta = cube.metadata
+    header = {key: value for key, value in meta.get("envi", {}).items() if key in KEPT_ENVI_KEYS}
+    if "map info" not in header and meta.get("crs") is not None and meta.get("transform") is not None:
+        header.update(_envi_georeference(meta["crs"], meta["transform"]))
+    lines = [f"{key} = " + ("{" + ", ".join(value) + "}" if isinstance(value, list) else value)
+             for key, value in header.items()]
+    if meta.get("nodata") is not None:
+        lines.append(f"data ignore value = {format_number(meta['nodata'], 9)}")
+    return lines
+
+
+def _envi_georeference(crs: str, transform) -> dict:
+    """`map info` and `coordinate system string` for a CRS and an affine transform, as GDAL's
+    ENVI driver writes them (it knows ENVI's projection names, UTM zones and rotation)."""
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
+
+    with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(Path(folder) / "grid.img", "w", driver="ENVI", width=1, height=1, count=1, dtype="uint8",
+                           crs=crs, transform=rasterio.Affine(*transform)):
+            pass
+        header = parse_envi_header(Path(folder) / "grid.hdr")
+    return {key: header[key] for key in ("map info", "coordinate system string") if key in header}
 
 
 def _find_envi_header(data_path: Path) -> Path | None:
@@ -273,24 +328,49 @@ def _read_envi_data(hdr_path: Path, data_path: Path, header: dict) -> np.ndarray
     return np.ascontiguousarray(data, dtype=np.float32)
 
 
-def _envi_wavelengths(hdr_path: Path, header: dict, bands: int) -> np.ndarray | None:
-    """Wavelengths in micrometres, None if the header has none or in other units (e.g. wavenumbers)."""
-    values = header.get("wavelength")
+def _envi_number(hdr_path: Path, header: dict, key: str) -> float | None:
+    value = header.get(key)
+    if value is None:
+        return None
+    try:
+        return float(str(value))
+    except ValueError:
+        raise InputError(hdr_path, f"'{key}' is {value!r}, expected a number") from None
+
+
+def _envi_list(hdr_path: Path, header: dict, key: str, bands: int) -> np.ndarray | None:
+    values = header.get(key)
     if values is None:
         return None
     if not isinstance(values, list) or len(values) != bands:
-        raise InputError(hdr_path, f"'wavelength' lists {len(values) if isinstance(values, list) else 1} values for {bands} bands")
+        raise InputError(hdr_path, f"'{key}' lists {len(values) if isinstance(values, list) else 1} values for {bands} bands")
     try:
-        wavelengths = np.array([float(v) for v in values])
+        return np.array([float(v) for v in values])
     except ValueError:
-        raise InputError(hdr_path, "'wavelength' holds a value that is not a number") from None
-    units = str(header.get("wavelength units", "")).strip().lower()
-    if units in ("nanometers", "nanometres", "nm"):
-        return wavelengths / 1000.0
-    if units in ("micrometers", "micrometres", "microns", "um", "µm"):
-        return wavelengths
+        raise InputError(hdr_path, f"'{key}' holds a value that is not a number") from None
+
+
+def _envi_wavelengths(hdr_path: Path, header: dict, bands: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(wavelengths, fwhm) in micrometres; None if the header has none or in other units (e.g. wavenumbers)."""
+    wavelengths = _envi_list(hdr_path, header, "wavelength", bands)
+    if wavelengths is None:
+        return None, None
+    factor = _micrometres(str(header.get("wavelength units", "")), wavelengths)
+    if factor is None:
+        return None, None
+    fwhm = _envi_list(hdr_path, header, "fwhm", bands)
+    return wavelengths * factor, None if fwhm is None else fwhm * factor
+
+
+def _micrometres(units: str, wavelengths: np.ndarray) -> float | None:
+    """The factor that turns wavelengths in `units` into micrometres; None for other units (wavenumbers...)."""
+    units = units.strip().lower()
+    if units in ("nanometers", "nanometres", "nanometer", "nanometre", "nm"):
+        return 1e-3
+    if units in ("micrometers", "micrometres", "micrometer", "micrometre", "microns", "micron", "um", "µm"):
+        return 1.0
     if units in ("", "unknown"):
-        return wavelengths / 1000.0 if wavelengths.max() > 100 else wavelengths  # nm are in the hundreds
+        return 1e-3 if wavelengths.max() > 100 else 1.0  # nm are in the hundreds
     return None
 
 
@@ -345,16 +425,45 @@ def read_npy(path: str | os.PathLike, layout: str | None = None, allow_nan: bool
 
 
 def read_tiff_cube(path: str | os.PathLike, allow_nan: bool = False, expected_bands: int | None = None) -> Cube:
-    """A multi-band (Geo)TIFF -> Cube; crs, transform (a, b, c, d, e, f) and nodata kept in metadata.
+    """A multi-band (Geo)TIFF -> Cube; crs, transform (a, b, c, d, e, f), nodata, its mask and
+    what else a GeoTIFF writer keeps (geotiff.GRID_FIELDS) in metadata.
 
-    Band descriptions become band names when every band has one. Nodata pixels keep their
-    stored value.
+    Band descriptions become band names when every band has one. Wavelengths (and FWHM) come
+    from the band tags or descriptions (see tiff_wavelengths). Nodata pixels keep their stored value.
     """
     raster = read_geotiff(path)
-    cube = Cube(raster.data, band_names=raster.band_names or None, path=str(path),
-                metadata={"crs": raster.crs, "transform": raster.transform, "nodata": raster.nodata,
-                          "tags": raster.tags, "dtype": raster.data.dtype.str})
+    wavelengths, fwhm = tiff_wavelengths(raster)
+    cube = Cube(raster.data, wavelengths, band_names=raster.band_names or None, path=str(path), fwhm=fwhm,
+                metadata={**{name: getattr(raster, name) for name in GRID_FIELDS}, "dtype": raster.data.dtype.str})
     return check_cube(cube, allow_nan, expected_bands)
+
+
+# "red (0.65 Micrometers)" (GDAL's ENVI driver), "B4 665 nm": a number and a unit of length
+DESCRIBED_WAVELENGTH = re.compile(r"(\d+(?:\.\d*)?)\s*(nm|nanomet(?:er|re)s?|um|µm|microns?|micromet(?:er|re)s?)\b",
+                                  re.IGNORECASE)
+
+
+def tiff_wavelengths(raster: Raster) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(wavelengths, fwhm) in micrometres of a multi-band GeoTIFF: from the band tags
+    `wavelength`, `wavelength_units` and `fwhm` (as GDAL's ENVI driver and its copies write
+    them), else from band descriptions that name a wavelength with its unit. None unless every
+    band has one; a tag that is not a number is ignored, as a GIS tool would."""
+    tags = [{key.lower(): value for key, value in band.items()} for band in raster.band_tags]
+    if len(tags) == raster.bands and all("wavelength" in band for band in tags):
+        try:
+            wavelengths = np.array([float(band["wavelength"]) for band in tags])
+            fwhm = np.array([float(band["fwhm"]) for band in tags]) if all("fwhm" in band for band in tags) else None
+        except ValueError:
+            return None, None
+        factor = _micrometres(tags[0].get("wavelength_units", ""), wavelengths)
+        if factor is None:
+            return None, None
+        return wavelengths * factor, None if fwhm is None else fwhm * factor
+    found = [DESCRIBED_WAVELENGTH.findall(name) for name in raster.band_names]
+    if not raster.band_names or not all(found):
+        return None, None
+    return np.array([float(value) * _micrometres(unit, np.array([float(value)])) for value, unit in
+                     (matches[-1] for matches in found)]), None
 
 
 def _read_mat_v73(path: Path) -> dict[str, np.ndarray]:

@@ -11,24 +11,28 @@ an RGBA image is a mask, not imagery: it is resized with bicubic interpolation i
 Values: the model works on [0, 1]. uint8 is divided by 255, uint16 by 65535; any other
 dtype (int16, float32, ...) is stretched per band from its minimum to its maximum, and the
 output is mapped back with the same numbers. The output has the input's dtype (rounded and
-clipped for integers). Nodata pixels (the GeoTIFF's nodata value, or NaN where nodata is
-NaN) are left out of the min / max, fed to the model as the band's minimum, and are nodata
-again in the output (nearest-neighbour upscaled mask). Any other NaN is an error.
+clipped for integers). Nodata pixels (every band at the GeoTIFF's nodata value, or NaN where
+nodata is NaN, or the file's mask says so: geotiff.nodata_pixels) are left out of the min /
+max, take their nearest valid neighbour's values before the model (holes at 0 or 255 would
+bleed into the pixels around them), and are nodata again in the output (nearest-neighbour
+upscaled mask); no valid output value equals the nodata value (geotiff.mark_nodata). Any other
+NaN is an error.
 
-GeoTIFF output keeps the CRS, band names, tags and nodata; the transform keeps its origin
-and its pixel size is divided by the scale.
+GeoTIFF output keeps the CRS, nodata (or the mask), tags, band names, band tags, units, scales
+/ offsets, compression, predictor, tiling and dtype; the transform keeps its origin and its
+pixel size is divided by the scale.
 """
 
 from __future__ import annotations
 
-import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from earthsynth.data.geotiff import PLAIN_IMAGE_SUFFIXES, Raster, read_geotiff
+from earthsynth.data.geotiff import PLAIN_IMAGE_SUFFIXES, fill_nodata, mark_nodata, read_geotiff
 from earthsynth.data.images import PLAIN_OUTPUTS, TIFF_OUTPUTS, write_image
 from earthsynth.errors import InputError
 from earthsynth.generation.ediffsr.pipeline import DEFAULT_STEPS
@@ -50,32 +54,22 @@ def check_output_path(src: Path, out: Path) -> None:
         raise InputError(out, f"output folder {out.parent} does not exist")
 
 
-def nodata_mask(data: np.ndarray, nodata: float | None) -> np.ndarray:
-    """(C, H, W) bool: True where a pixel is the file's nodata value."""
-    if nodata is None:
-        return np.zeros(data.shape, dtype=bool)
-    if isinstance(nodata, float) and math.isnan(nodata):
-        return np.isnan(data)
-    return data == np.asarray(nodata).astype(data.dtype)
-
-
-def to_unit(data: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, list[tuple[float, float]]]:
-    """(C, H, W) any dtype -> float32 in [0, 1] and the per-band (low, high) that map it back."""
+def to_unit(data: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, list[tuple[float, float]]]:
+    """(C, H, W) any dtype -> float32 in [0, 1] and the per-band (low, high) that map it back;
+    `mask` (H, W) True marks nodata pixels, left out of the stretch."""
     if data.dtype == np.uint8:
         ranges = [(0.0, 255.0)] * data.shape[0]
     elif data.dtype == np.uint16:
         ranges = [(0.0, 65535.0)] * data.shape[0]
     else:  # stretch each band over its valid values
         ranges = []
-        for band, band_mask in zip(data, mask):
-            valid = band[~band_mask]
+        for band in data:
+            valid = band if mask is None else band[~mask]
             low, high = (float(valid.min()), float(valid.max())) if valid.size else (0.0, 1.0)
             ranges.append((low, high if high > low else low + 1.0))
     unit = np.empty(data.shape, dtype=np.float32)
     for i, (low, high) in enumerate(ranges):
-        band = data[i].astype(np.float64)
-        band[mask[i]] = low  # nodata enters the model as the band's minimum
-        unit[i] = np.clip((band - low) / (high - low), 0, 1)
+        unit[i] = np.clip((data[i].astype(np.float64) - low) / (high - low), 0, 1)
     return unit, ranges
 
 
@@ -113,6 +107,8 @@ def upscale_bands(pipe, unit: np.ndarray, scale: int, steps: int, tile: int, see
             real = sorted(set(group))  # the padding copies are dropped
             out[real] = high[: len(real)].float().cpu().numpy()
     return out
+
+
 def resize_bicubic(band: np.ndarray, scale: int) -> np.ndarray:
     """(H, W) uint8 -> (sH, sW) uint8 (for an alpha channel)."""
     image = Image.fromarray(band)
@@ -157,21 +153,20 @@ def upscale_file(src, out, model_dir=None, steps: int | None = None, scale: int 
         raise InputError(src, f"the image is {raster.width}x{raster.height} px, smaller than the model's "
                               f"{minimum}x{minimum} minimum")
 
-    data = raster.data
-    mask = nodata_mask(data, raster.nodata)
-    if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data[~mask]).all():
+    data, mask = raster.data, raster.nodata_mask  # mask: (H, W) nodata pixels, or None
+    if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data if mask is None else data[:, ~mask]).all():
         raise InputError(src, "the image has NaN or infinite values (that are not its nodata value)")
 
     alpha = None
     if plain and data.shape[0] == 4 and data.dtype == np.uint8:  # RGBA: the alpha mask is resized, not super-resolved
-        alpha, data, mask = resize_bicubic(data[3], scale), data[:3], mask[:3]
-    unit, ranges = to_unit(data, mask)
+        alpha, data = resize_bicubic(data[3], scale), data[:3]
+    unit, ranges = to_unit(data if mask is None else fill_nodata(data, mask), mask)
     high = from_unit(upscale_bands(pipe, unit, scale, steps, tile, seed, show_progress), ranges, data.dtype)
-    if mask.any():  # nodata stays nodata: the mask upscaled by nearest neighbour
-        high[mask.repeat(scale, axis=1).repeat(scale, axis=2)] = np.asarray(raster.nodata).astype(data.dtype)
+    high_mask = None if mask is None else mask.repeat(scale, axis=0).repeat(scale, axis=1)  # nearest neighbour
+    high = mark_nodata(high, high_mask, raster.nodata)
     if alpha is not None:
         high = np.concatenate([high, alpha[None]])
 
-    write_image(out, Raster(data=high, crs=raster.crs, transform=scaled_transform(raster.transform, scale),
-                            nodata=raster.nodata, tags=raster.tags, band_names=raster.band_names))
+    write_image(out, replace(raster, data=high, transform=scaled_transform(raster.transform, scale),
+                             gsd=None if raster.gsd is None else raster.gsd / scale, nodata_mask=high_mask, path=None))
     return out
