@@ -34,6 +34,7 @@ from earthsynth.data.common import (
     self_crossing,
 )
 from earthsynth.data.export import DatasetWriter
+from earthsynth.data.geotiff import read_geotiff
 from earthsynth.data.jsonl import read_jsonl
 from earthsynth.data.voc import write_voc
 from earthsynth.data.yolo import ultralytics_problems, write_yolo, write_yolo_data_yaml
@@ -259,6 +260,9 @@ def test_decompression_bombs_are_one_line(tmp_path, monkeypatch):
     small = save_image(tmp_path / "small.png", 60, 50)  # 3000 px: between 1x and 2x the limit
     with pytest.raises(InputError) as err, open_image(small) as image:
         image.load()
+    assert_input_error(err, small, "decompression bomb", "exceeds limit of 2000 pixels")
+    with pytest.raises(InputError) as err:  # the reader augment (and upscale) reads PNG / JPEG pixels with
+        read_geotiff(small)
     assert_input_error(err, small, "decompression bomb", "exceeds limit of 2000 pixels")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 4000)
     with open_image(small) as image:

@@ -14,7 +14,7 @@ from rasterio.enums import MaskFlags
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 
-from earthsynth.data.common import atomic_path, one_line
+from earthsynth.data.common import atomic_path, one_line, open_image
 from earthsynth.errors import InputError
 
 EARTH_METRES_PER_DEGREE = 111_320.0  # along a meridian; scaled by cos(lat) along a parallel
@@ -127,16 +127,14 @@ PLAIN_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 def _read_plain_image(path: Path, window) -> Raster:
     """PNG / JPEG through PIL, which (unlike GDAL) refuses a truncated file instead of
     returning the missing rows as zeros. Such files carry no georeferencing."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
+        with open_image(path) as image:  # a decompression bomb is one line, past PIL's warning limit too
             image.load()
             if image.mode not in ("L", "RGB", "RGBA", "I;16"):
                 image = image.convert("RGB")
             data = np.asarray(image)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:  # the warning where promoted
-        raise InputError(path, f"refused as a possible decompression bomb ({one_line(err)})") from None
     except (OSError, UnidentifiedImageError, SyntaxError) as err:
         raise InputError(path, f"truncated or corrupt image ({one_line(err)})") from None
     data = data[None] if data.ndim == 2 else data.transpose(2, 0, 1)
