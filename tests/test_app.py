@@ -1,11 +1,14 @@
 """`earthsynth app`: the Gradio demo served on a free local port and called through
 gradio_client, one endpoint per tab; bad uploads give one readable line and the app keeps
-serving; Stop ends a running job's child process; tabs without a model say so."""
+serving; Stop ends a running job's child process; tabs without a model say so; a session's
+uploads and outputs go when it ends, and everything the app wrote when it stops."""
 
+import os
 import socket
 import time
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import psutil
@@ -78,10 +81,16 @@ def app(tmp_path_factory):
     models = tiny_models(tmp_path_factory.mktemp("models"))
     port = free_port()
     demo, ctx = launch_app("127.0.0.1", port, model_dir=models, max_file_size=MAX_UPLOAD, block=False)
-    client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+    client = session_client(f"http://127.0.0.1:{port}/", tmp_path_factory.mktemp("downloads"))
     yield client, ctx
     demo.close()
     ctx.remove_all()
+
+
+def session_client(url: str, downloads: Path) -> Client:
+    """A client (one browser session) that keeps what it downloads in `downloads` (by default
+    gradio_client uses gradio's cache folder, where the app's own files are counted)."""
+    return Client(url, verbose=False, download_files=str(downloads))
 
 
 def assert_app_error(call, *words):
@@ -444,3 +453,114 @@ def test_demo_noise_follows_the_cube_units_and_envi_uploads_open_by_their_header
     assert hyperspectral.pick_cube_file(files) == tmp_path / "scene.hdr"
     with pytest.raises(Exception, match="give one cube file"):
         hyperspectral.pick_cube_file([tmp_path / "a.npy", tmp_path / "b.npy"])
+
+
+# ----------------------------------------------------------------------------- leftovers
+def files_under(folder: Path) -> set[Path]:
+    return {path for path in folder.rglob("*") if path.is_file()}
+
+
+def mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def wait_until(condition, seconds: float = 30) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return condition()
+
+
+def test_an_ended_session_leaves_nothing_behind(app, tmp_path):
+    """A browser session's uploads and outputs (gradio's copies included) are the user's alone
+    while it lasts and are removed when it ends; a job it still runs is stopped."""
+    client, ctx = app
+    root = ctx.work_root
+    before = files_under(root)
+    session = session_client(client.src, tmp_path / "downloads")
+    # uploads no other test makes: an image and its mask to inpaint
+    Image.fromarray(photo(48, 64, seed=24)).save(tmp_path / "mine.png")
+    mask = np.zeros((48, 64), dtype=np.uint8)
+    mask[8:24, 8:40] = 255
+    Image.fromarray(mask).save(tmp_path / "mine_mask.png")
+    text_to_image(session, "inpaint", image=handle_file(tmp_path / "mine.png"),
+                  mask=handle_file(tmp_path / "mine_mask.png"))
+    session.predict(table([["Tree", 20, 20, 12, 12, 0]]), "", 1, 4.0, 0.0, 0, api_name="/layout_generate")
+    session.predict(table([["Tree", 40, 40, 8, 8, 0]]), api_name="/layout_preview")
+    folder = ctx.sessions / session.session_hash
+    written = files_under(root) - before
+    uploads = {p for p in written if p.parent.parent == root}  # gradio's copies, <cache>/<hash>/<name>
+    assert {p.name for p in uploads} == {"mine.png", "mine_mask.png"}
+    outputs = {p.relative_to(folder).parts[0].split("-")[0] for p in written if folder in p.parents}
+    assert outputs == {"t2i", "layout", "previews"}, written
+    assert {p.name for p in written if folder in p.parents} >= {"view.png", "text2earth_inpaint_seed0.png",
+                                                                "layout.png", "aerogen_seed0.png"}
+    # gradio keeps no copy of an output of its own: they are the session's files, served in place
+    assert all(folder in p.parents or p in uploads or (p.parent == root and p.stat().st_size == 0)
+               for p in written), written
+    # others cannot read any of it: the app's folder and every folder made for the session are 0700
+    assert mode(root) == mode(ctx.sessions) == mode(folder) == 0o700
+    assert all(mode(p) == 0o700 for p in folder.iterdir() if p.is_dir())
+
+    # a job still running when the session ends is stopped and writes nothing back
+    session.submit(augment.UPLOAD, handle_file(voc_zip(tmp_path)), "voc", 64, ["coco"], 20, 0, api_name="/augment_run")
+    me = psutil.Process()
+    assert wait_until(lambda: me.children()), "the augment job never started"
+    children = me.children()
+    session.close()  # what closing the page does: the session's heartbeat ends
+    _, alive = psutil.wait_procs(children, timeout=30)
+    for child in alive:  # never leave a runaway job behind a failed test
+        child.kill()
+    assert not alive, "the ended session's job is still running"
+    assert wait_until(lambda: not folder.exists() and not any(p.parent.exists() for p in uploads)), \
+        "the session's files are still there"
+    left = files_under(root) - before
+    # gradio's File input leaves an empty temporary file at each call (none of the upload is in
+    # it), removed when the app stops; nothing else of the session remains
+    assert all(p.parent == root and p.name.startswith("tmp") and p.stat().st_size == 0 for p in left), left
+    still_serving(client)
+
+
+def test_stopping_the_app_removes_everything_it_wrote(tmp_path, monkeypatch):
+    """Stopping the app removes its whole folder (gradio's cache with the uploads, every
+    session's outputs) with sessions still open, and gives gradio back its cache folder."""
+    gradio_folder = tmp_path / "gradio"
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(gradio_folder))
+    port = free_port()
+    demo, ctx = launch_app("127.0.0.1", port, model_dir=tmp_path, max_file_size=MAX_UPLOAD, block=False)
+    try:
+        assert ctx.work_root.parent == gradio_folder and os.environ["GRADIO_TEMP_DIR"] == str(ctx.work_root)
+        client = session_client(f"http://127.0.0.1:{port}/", tmp_path / "downloads")
+        client.predict(table([["Tree", 30, 30, 10, 10, 0]]), api_name="/layout_preview")
+        (tmp_path / "notes.png").write_text("not an image")  # uploaded, then refused
+        assert_app_error(lambda: client.predict(handle_file(tmp_path / "notes.png"), "x4", 1, 0,
+                                                api_name="/sr_upscale"), "notes.png")
+        assert any(p.name == "notes.png" for p in files_under(ctx.work_root))
+        assert files_under(ctx.sessions)
+    finally:
+        demo.close()
+        ctx.remove_all()
+    assert not list(gradio_folder.iterdir())
+    assert os.environ["GRADIO_TEMP_DIR"] == str(gradio_folder)
+
+
+def test_an_upload_two_sessions_read_goes_with_the_last(tmp_path, monkeypatch):
+    """gradio keeps one copy of identical uploads: it stays while a session whose job read it
+    is open."""
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
+    ctx = AppContext()
+    try:
+        upload = ctx.work_root / "ab12" / "scene.tif"  # as gradio keeps it: <cache>/<content hash>/<name>
+        upload.parent.mkdir()
+        upload.write_bytes(b"same content")
+        first, second = SimpleNamespace(session_hash="first"), SimpleNamespace(session_hash="second")
+        for request in (first, second):
+            (copy,) = ctx.copy_uploads(str(upload), ctx.job_folder(request, "sr"))
+            assert copy.read_bytes() == b"same content"
+        ctx.close_session(first)
+        assert upload.exists() and not ctx.session_path(first).exists() and ctx.session_path(second).exists()
+        ctx.close_session(second)
+        assert not upload.parent.exists() and not ctx.session_path(second).exists()
+    finally:
+        ctx.remove_all()
+    assert not list(tmp_path.iterdir())

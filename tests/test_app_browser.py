@@ -49,15 +49,18 @@ def served(tmp_path_factory):
                 pytest.fail(f"earthsynth app did not start: {Path(log.name).read_text()[-2000:]}")
             time.sleep(0.5)
     yield url, gradio_folder
-    # a service manager's stop (SIGTERM): the app removes its temporary folder on the way out.
-    # Not SIGINT: a shell running the tests in the background starts them with SIGINT ignored.
+    # a service manager's stop (SIGTERM): the app removes its folder on the way out, gradio's
+    # cache with it. Not SIGINT: a shell running the tests in the background starts them with
+    # SIGINT ignored.
     process.send_signal(signal.SIGTERM)
     try:
         process.wait(timeout=15)
     except subprocess.TimeoutExpired:
         process.kill()
     log.close()
-    assert not list(gradio_folder.glob("earthsynth-app-*")), "the app left its outputs behind"
+    # (gradio makes an empty vibe_edit_history/ in its cache folder when it starts a server)
+    left = [p for p in gradio_folder.rglob("*") if not p.is_dir()]
+    assert not list(gradio_folder.glob("earthsynth-app-*")) and not left, f"the app left files behind: {left}"
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +107,12 @@ def test_hyperspectral_tab_in_the_browser(served, browser, tmp_path):
     page.click("#hsi-denoise")
     page.wait_for_selector("#hsi-after img", timeout=60_000)
     assert "PSNR" in page.locator("#hsi-status").inner_text()
-    assert list(served[1].glob("earthsynth-app-*/*/hsi-*/out/*.npy")), "the run's outputs are in its session folder"
+    assert list(served[1].glob("earthsynth-app-*/sessions/*/hsi-*/out/*.npy")), "the run's outputs are in its session"
+    # the command line's app writes for its user alone: gradio's cache, the uploads, the outputs
+    (root,) = served[1].glob("earthsynth-app-*")
+    modes = {path.relative_to(root): path.stat().st_mode & 0o777 for path in [root, *root.rglob("*")]}
+    assert set(modes.values()) == {0o600, 0o700}, modes
+    assert all(mode == 0o700 for path, mode in modes.items() if (root / path).is_dir()), modes
     # a click on the input view picks that pixel for the spectrum (the 64 px cube is shown x4)
     before = page.locator("#hsi-before img")
     box = before.bounding_box()
@@ -121,8 +129,8 @@ def test_hyperspectral_tab_in_the_browser(served, browser, tmp_path):
 
 def test_closed_pages_leave_no_outputs(served):
     """Each page's outputs live in a folder of its session, removed when the page is closed."""
-    (root,) = served[1].glob("earthsynth-app-*")
+    (sessions,) = served[1].glob("earthsynth-app-*/sessions")
     deadline = time.monotonic() + 20
-    while list(root.iterdir()) and time.monotonic() < deadline:
+    while list(sessions.iterdir()) and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert not list(root.iterdir()), f"sessions left behind: {[p.name for p in root.iterdir()]}"
+    assert not list(sessions.iterdir()), f"sessions left behind: {[p.name for p in sessions.iterdir()]}"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from earthsynth.app.common import JOBS, AppContext, copy_uploads, not_available, readable, wait_for
+from earthsynth.app.common import JOBS, AppContext, not_available, readable, wait_for
 from earthsynth.app.jobs import ChildJob
 from earthsynth.augment.report import class_colours, load_manifest, pass_rates, percent, thumbnail
 from earthsynth.data.export import EXPORT_FORMATS
@@ -111,7 +111,7 @@ class AugmentTab:
             raise InputError("output formats", f"choose at least one of {', '.join(EXPORT_FORMATS)}")
         data, data_format = None, None
         if source == UPLOAD:
-            uploads = copy_uploads(archive, folder)
+            uploads = self.ctx.copy_uploads(archive, folder)
             if not uploads:
                 raise InputError("upload", "no zip uploaded")
             if fmt not in INPUT_FORMATS:

@@ -4,7 +4,9 @@ waiting on a child job, and drawing boxes."""
 from __future__ import annotations
 
 import functools
+import hashlib
 import inspect
+import io
 import os
 import re
 import shutil
@@ -22,7 +24,7 @@ from PIL import Image, ImageDraw
 
 from earthsynth.augment.report import draw_box_outlines, palette_colours
 from earthsynth.boxes import Boxes
-from earthsynth.data.common import one_line
+from earthsynth.data.common import atomic_write, one_line
 from earthsynth.errors import InputError
 
 POLL_S = 0.5  # how often a running job reports progress (and can be stopped)
@@ -40,11 +42,20 @@ class AppContext:
         self.model_dir = Path(model_dir) if model_dir else None
         if self.model_dir is not None and not self.model_dir.is_dir():
             raise InputError(self.model_dir, "--model-dir is not a folder")
-        # every output lives under one temporary folder (WORK_PREFIX...), one sub-folder per
-        # browser session; it sits in gradio's upload folder, from where gradio serves files
-        upload_folder = Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio")
-        upload_folder.mkdir(parents=True, exist_ok=True)
-        self.work_root = Path(tempfile.mkdtemp(prefix=WORK_PREFIX, dir=upload_folder))
+        # one private folder (0700) holds everything the app writes: gradio's cache (uploads and
+        # the files it serves) and sessions/<session>/, the outputs of each browser session
+        base = Path(os.environ.get("GRADIO_TEMP_DIR") or tempfile.gettempdir()).absolute()
+        base.mkdir(parents=True, exist_ok=True)
+        self.work_root = Path(tempfile.mkdtemp(prefix=WORK_PREFIX, dir=base))
+        self.sessions = self.work_root / "sessions"
+        self.sessions.mkdir(mode=0o700)
+        # gradio reads its cache folder from the environment (each Blocks, the server, each upload)
+        self.previous_temp_dir = os.environ.get("GRADIO_TEMP_DIR")
+        os.environ["GRADIO_TEMP_DIR"] = str(self.work_root)
+        self.closed = False
+        # gradio's copy of an upload -> the sessions whose jobs read it; it goes with the last
+        self.uploads: dict[Path, set[str]] = {}
+        self.uploads_lock = threading.Lock()
         self.lock = threading.Lock()  # loading a model once, even with two requests at a time
         self.cache: dict[str, object] = {}
 
@@ -81,11 +92,11 @@ class AppContext:
         # the session hash comes from the client: keep only harmless characters
         session = getattr(request, "session_hash", None) or "no-session"
         session = re.sub(r"[^A-Za-z0-9_-]", "", session)[:64] or "no-session"
-        return self.work_root / session
+        return self.sessions / session
 
     def session_folder(self, request: gr.Request | None) -> Path:
         folder = self.session_path(request)
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700, exist_ok=True)
         return folder
 
     def job_folder(self, request: gr.Request | None, tab: str) -> Path:
@@ -96,19 +107,80 @@ class AppContext:
             shutil.rmtree(old, ignore_errors=True)
         return Path(tempfile.mkdtemp(prefix=f"{tab}-", dir=session))
 
-    def close_session(self, request: gr.Request | None) -> None:
-        """The page was closed: its outputs go."""
-        # never create it here: pages close while the app shuts down, after remove_all, and a
-        # folder made then would outlive the app
-        if getattr(request, "session_hash", None):
-            shutil.rmtree(self.session_path(request), ignore_errors=True)
+    def preview_file(self, request: gr.Request | None, picture: Image.Image) -> str:
+        """`picture` as a PNG in the session's folder, named by its content: previews of a
+        table typed quickly run in parallel, and none deletes another's file."""
+        data = io.BytesIO()
+        picture.save(data, format="PNG")
+        folder = self.session_folder(request) / "previews"
+        folder.mkdir(mode=0o700, exist_ok=True)
+        path = folder / f"{hashlib.sha256(data.getvalue()).hexdigest()[:32]}.png"
+        with atomic_write(path, "wb") as f:
+            f.write(data.getvalue())
+        return str(path)
 
-    def remove_all(self) -> None:
-        """The app is closing: stop the jobs still running and remove every output."""
+    def copy_uploads(self, paths, folder: Path) -> list[Path]:
+        """Uploaded files (gradio keeps each in a folder of its own) copied side by side into
+        `folder`, in a session's folder, under their own names, so that an ENVI header finds
+        its data file. The uploads now belong to that session too: they go when it ends."""
+        if paths is None:
+            return []
+        if isinstance(paths, str | os.PathLike):
+            paths = [paths]
+        session = Path(folder).relative_to(self.sessions).parts[0]
+        copies = []
+        for path in paths:
+            target = folder / Path(path).name
+            shutil.copyfile(path, target)
+            copies.append(target)
+            with self.uploads_lock:
+                self.uploads.setdefault(Path(path), set()).add(session)
+        return copies
+
+    def close_session(self, request: gr.Request | None) -> None:
+        """The page was closed: its jobs stop, its outputs go, and so do the uploads its jobs
+        read (unless the job of another open session read the same file)."""
         from earthsynth.app.jobs import stop_all
 
+        # never create it here: pages close while the app shuts down, after remove_all, and a
+        # folder made then would outlive the app
+        if not getattr(request, "session_hash", None):
+            return
+        folder = self.session_path(request)
+        stop_all(under=folder)
+        shutil.rmtree(folder, ignore_errors=True)
+        with self.uploads_lock:
+            for upload, sessions in list(self.uploads.items()):
+                sessions.discard(folder.name)
+                if not sessions:
+                    del self.uploads[upload]
+                    self.remove_upload(upload)
+
+    def remove_upload(self, upload: Path) -> None:
+        """An upload and its folder in gradio's cache (the folder is named by its content)."""
+        if upload.parent.parent != self.work_root:  # gradio's uploads are <cache>/<hash>/<name>
+            return
+        upload.unlink(missing_ok=True)
+        try:
+            upload.parent.rmdir()
+        except OSError:  # not empty: gradio keeps another file of that content there
+            pass
+
+    def remove_all(self) -> None:
+        """The app is closing: stop the jobs still running, remove every file it wrote
+        (gradio's cache with it), and give gradio back its cache folder."""
+        from earthsynth.app.jobs import stop_all
+
+        if self.closed:  # once: called when the server stops and again at exit
+            return
+        self.closed = True
         stop_all()
         shutil.rmtree(self.work_root, ignore_errors=True)
+        if os.environ.get("GRADIO_TEMP_DIR") == str(self.work_root):
+            if self.previous_temp_dir is None:
+                del os.environ["GRADIO_TEMP_DIR"]
+            else:
+                os.environ["GRADIO_TEMP_DIR"] = self.previous_temp_dir
 
 
 # ----------------------------------------------------------------------------- errors
@@ -147,24 +219,18 @@ def readable(fn: Callable) -> Callable:
 
 
 def hide_folders(text: str) -> str:
-    """Error text without the app's temporary folders (WORK_PREFIX.../<session>/<run>/):
-    '/tmp/gradio/earthsynth-app-x/s1/hsi-y/cube.npy: ...' -> 'cube.npy: ...'."""
-    return re.sub(rf"[^\s'\"]*{WORK_PREFIX}[^/\s]*/[^/\s]+/[^/\s]+/", "", text)
+    """Error text without the app's temporary folders (WORK_PREFIX.../sessions/<session>/<run>/):
+    '/tmp/earthsynth-app-x/sessions/s1/hsi-y/cube.npy: ...' -> 'cube.npy: ...'."""
+    return re.sub(rf"[^\s'\"]*{WORK_PREFIX}[^/\s]*/sessions/[^/\s]+/[^/\s]+/", "", text)
 
 
-def copy_uploads(paths, folder: Path) -> list[Path]:
-    """Uploaded files (gradio keeps each in a folder of its own) copied side by side into
-    `folder` under their own names, so that an ENVI header finds its data file."""
-    if paths is None:
-        return []
-    if isinstance(paths, str | os.PathLike):
-        paths = [paths]
-    copies = []
-    for path in paths:
-        target = folder / Path(path).name
-        shutil.copyfile(path, target)
-        copies.append(target)
-    return copies
+# ----------------------------------------------------------------------------- outputs
+def save_png(picture: np.ndarray | Image.Image, path: Path) -> str:
+    """`picture` ((H, W, 3) uint8 or a PIL image) as a PNG at `path`, in a session's folder,
+    for gradio to serve (an array returned to gradio would be cached by gradio outside every
+    session, and outlive it)."""
+    (picture if isinstance(picture, Image.Image) else Image.fromarray(picture)).save(path, format="PNG")
+    return str(path)
 
 
 # ----------------------------------------------------------------------------- jobs

@@ -13,7 +13,7 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 
-from earthsynth.app.common import JOBS, AppContext, copy_uploads, not_available, readable
+from earthsynth.app.common import JOBS, AppContext, not_available, readable, save_png
 from earthsynth.conditioning.control import LANDCOVER_CLASSES
 from earthsynth.data.common import format_number
 from earthsynth.data.geotiff import raster_metadata, read_geotiff
@@ -56,10 +56,10 @@ def date_fields(text) -> dict[str, str]:
     return {key: value for key, value in (("year", year), ("month", month), ("day", day)) if value is not None}
 
 
-def one_upload(upload, folder: Path, what: str) -> Path | None:
+def one_upload(ctx: AppContext, upload, folder: Path, what: str) -> Path | None:
     """The uploaded file copied into `folder` (a folder per input: two uploads may share a name)."""
     folder.mkdir()
-    copies = copy_uploads(upload, folder)
+    copies = ctx.copy_uploads(upload, folder)
     if not copies:
         return None
     if copies[0].suffix.lower() not in INPUT_SUFFIXES:
@@ -113,11 +113,11 @@ class ControlTab:
             raise InputError("prompt", f"is empty: describe the image, e.g. {DEFAULT_PROMPT!r}")
         maps = [name for name in (maps or []) if name in REFERENCE_MAPS]
         folder = self.ctx.job_folder(request, "control")
-        source = one_upload(reference, folder / "reference", "reference")
+        source = one_upload(self.ctx, reference, folder / "reference", "reference")
         if maps and source is None:
             raise InputError("reference", f"the maps ({', '.join(maps)}) are derived from a reference image: "
                                           "upload one, or untick them")
-        dem_path = one_upload(dem, folder / "dem", "DEM")
+        dem_path = one_upload(self.ctx, dem, folder / "dem", "DEM")
 
         fields = {"prompt": prompt, "steps": int(steps), "guidance": float(guidance), "seed": int(seed)}
         for key, text in (("gsd", gsd), ("cloud_cover", cloud_cover), ("lat", lat), ("lon", lon)):
@@ -161,11 +161,11 @@ class ControlTab:
         gallery = []
         (folder / "maps").mkdir()
         if raster is not None:
-            gallery.append(self.save(folder / "maps" / "reference.png", rgb_of(raster)[:height, :width],
-                                     f"reference, {width} x {height} px"))
+            gallery.append((save_png(rgb_of(raster)[:height, :width], folder / "maps" / "reference.png"),
+                            f"reference, {width} x {height} px"))
         for map_name, value in job.kwargs["controls"].items():
-            gallery.append(self.save(folder / "maps" / f"{map_name}.png", map_picture(map_name, value),
-                                     MAP_TITLES.get(map_name, map_name)))
+            gallery.append((save_png(map_picture(map_name, value), folder / "maps" / f"{map_name}.png"),
+                            MAP_TITLES.get(map_name, map_name)))
         metadata = job.kwargs["metadata"]
         status = (f"**{width} x {height} px** from {', '.join(names) or 'no control maps'}"
                   f"{f' (control scale {format_number(float(scale))})' if names else ''}; "
@@ -174,14 +174,7 @@ class ControlTab:
                   f"seed {int(seed)}, {elapsed:.1f} s{note}")
         if job.crs is not None:
             status += f"; {job.crs} kept in the GeoTIFF"
-        return status, gallery, pixels, str(out)
-
-    @staticmethod
-    def save(path: Path, picture: np.ndarray, caption: str) -> tuple[str, str]:
-        from PIL import Image
-
-        Image.fromarray(picture).save(path)
-        return str(path), caption
+        return status, gallery, save_png(pixels, folder / "view.png"), str(out)
 
 
 # ----------------------------------------------------------------------------- the tab

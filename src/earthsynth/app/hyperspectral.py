@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from earthsynth.app.common import JOBS, AppContext, copy_uploads, not_available, readable, wait_for
+from earthsynth.app.common import JOBS, AppContext, not_available, readable, save_png, wait_for
 from earthsynth.app.jobs import ChildJob
 from earthsynth.data.hsi import read_cube
 from earthsynth.data.hsi_noise import NOISE_KINDS, add_noise
@@ -103,7 +103,7 @@ class HyperspectralTab:
         if source == EXAMPLE:
             clean, wavelengths = self.ctx.cached("hsi_example", example_cube)
             return None, {}, clean, clean, wavelengths
-        uploads = copy_uploads(files, folder)
+        uploads = self.ctx.copy_uploads(files, folder)
         if not uploads:
             raise InputError("upload", "no cube uploaded (ENVI .hdr + data file, .mat, .npy or GeoTIFF)")
         src = pick_cube_file(uploads)
@@ -157,8 +157,8 @@ class HyperspectralTab:
         zoom = max(1, VIEW_SIZE // max(data.shape[1:]))
         bands = false_colour_bands(data.shape[0], wavelengths)
         limits = stretch_limits(data if clean is None else clean, bands)
-        before = false_colour(data, bands, limits, zoom)
-        after = false_colour(denoised, bands, limits, zoom)
+        before = save_png(false_colour(data, bands, limits, zoom), folder / "before.png")
+        after = save_png(false_colour(denoised, bands, limits, zoom), folder / "after.png")
         status = f"Denoised {shape} in {job.elapsed:.0f} s."
         if clean is not None:
             status += ("\n\n| against the clean cube | PSNR (dB) | SAM (degrees) |\n|---|---|---|\n"

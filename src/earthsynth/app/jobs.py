@@ -67,10 +67,12 @@ def child_main(spec_path: str) -> int:
 RUNNING: set[ChildJob] = set()  # jobs started and not yet seen to end, stopped when the app exits
 
 
-def stop_all() -> None:
-    """End every job still running (the app is shutting down)."""
+def stop_all(under: Path | None = None) -> None:
+    """End every job still running (the app is shutting down), or those whose folder is
+    under `under` (a session that ended)."""
     for job in list(RUNNING):
-        job.stop()
+        if under is None or job.folder.is_relative_to(under):
+            job.stop()
 
 
 class ChildJob:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from earthsynth.app.common import JOBS, AppContext, draw_boxes, readable
+from earthsynth.app.common import JOBS, AppContext, draw_boxes, readable, save_png
 from earthsynth.boxes import Boxes
 from earthsynth.data.captions import make_caption
 from earthsynth.errors import InputError
@@ -91,8 +91,14 @@ class LayoutTab:
 
         return self.ctx.cached("layout_sampler", fit)
 
-    def preview(self, rows) -> tuple[Image.Image, str]:
-        """The boxes drawn on a blank canvas, and what is wrong with the table (if anything)."""
+    def preview(self, rows, request: gr.Request = None) -> tuple[str, str]:
+        """The boxes drawn on a blank canvas (a PNG of the session), and what is wrong with
+        the table (if anything)."""
+        picture, note = self.preview_picture(rows)
+        return self.ctx.preview_file(request, picture), note
+
+    def preview_picture(self, rows) -> tuple[Image.Image, str]:
+        """The boxes drawn on a blank canvas, and the note under it."""
         size = self.size
         canvas = np.full((size, size, 3), 235, dtype=np.uint8)
         try:
@@ -106,7 +112,7 @@ class LayoutTab:
             note += f"; **rows {', '.join(map(str, outside))} reach outside the canvas**"
         return draw_boxes(canvas, boxes, ZOOM), note
 
-    def random_layout(self, draw: float):
+    def random_layout(self, draw: float, request: gr.Request = None):
         """Layout number `draw` sampled from the bundled dataset's statistics, with a caption
         for it; returns (rows, prompt, preview, note, next draw number)."""
         sampler, tiles = self.sampler()
@@ -116,10 +122,11 @@ class LayoutTab:
         tile = tiles[int(rng.integers(len(tiles)))]
         prompt = make_caption(tile.description, tile.gsd, layout.boxes.class_counts(), tile.land_cover)
         rows = rows_from_boxes(layout.boxes) or [["", "", "", "", "", ""]]
-        image, note = self.preview(rows)
+        image, note = self.preview(rows, request)
         return rows, prompt, image, note, int(draw) + 1
 
-    def generate(self, rows, prompt: str, steps: float, guidance: float, layout_guidance: float, seed: float):
+    def generate(self, rows, prompt: str, steps: float, guidance: float, layout_guidance: float, seed: float,
+                 request: gr.Request = None):
         """-> (image with its boxes, enlarged; the image itself; the layout as JSON)."""
         boxes = boxes_from_rows(rows)
         pipe = self.pipeline()
@@ -134,7 +141,9 @@ class LayoutTab:
         pixels = (result.images[0] * 255).round().astype(np.uint8)
         layout = {"prompt": prompt, "seed": int(seed), "size": [size, size],
                   "boxes": [dict(zip(HEADERS, row)) for row in rows_from_boxes(boxes)]}
-        return draw_boxes(pixels, boxes, ZOOM), Image.fromarray(pixels), layout
+        folder = self.ctx.job_folder(request, "layout")
+        return (save_png(draw_boxes(pixels, boxes, ZOOM), folder / "layout.png"),
+                save_png(pixels, folder / f"aerogen_seed{int(seed)}.png"), layout)
 
 
 # ----------------------------------------------------------------------------- the tab
@@ -147,7 +156,7 @@ def build(ctx: AppContext) -> None:
         return
     tab = LayoutTab(ctx)
     start = boxes_from_rows(DEFAULT_ROWS)
-    start_preview, start_note = tab.preview(DEFAULT_ROWS)
+    start_preview, start_note = tab.preview_picture(DEFAULT_ROWS)  # the app's, not a session's
     gr.Markdown(f"Type boxes in pixels of the {tab.size} x {tab.size} px image (0.2 m/px): centre, width, height and "
                 "angle in degrees clockwise. Or sample a layout from the bundled dataset's statistics.")
     with gr.Row():

@@ -9,7 +9,7 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 
-from earthsynth.app.common import JOBS, AppContext, copy_uploads, not_available, readable, wait_for
+from earthsynth.app.common import JOBS, AppContext, not_available, readable, save_png, wait_for
 from earthsynth.app.jobs import ChildJob
 from earthsynth.data.geotiff import PLAIN_IMAGE_SUFFIXES, read_geotiff, to_uint8_rgb
 from earthsynth.errors import InputError
@@ -56,14 +56,14 @@ class SuperResolutionTab:
         """Generator (so Stop can end the child job): yields the status while the job runs,
         then (status, before, after, the upscaled file)."""
         folder = self.ctx.job_folder(request, "sr")
-        uploads = copy_uploads(file, folder)
+        uploads = self.ctx.copy_uploads(file, folder)
         if not uploads:
             raise InputError("upload", "no image uploaded (PNG, JPEG or GeoTIFF)")
         src = uploads[0]
         if src.suffix.lower() not in INPUT_SUFFIXES:
             raise InputError(src, "upload a PNG, JPEG or GeoTIFF (.png, .jpg, .tif)")
         factor = int(str(scale).lstrip("x"))
-        before = preview(src, factor)  # a file that is not an image stops here, with the reader's message
+        before = save_png(preview(src, factor), folder / "before.png")  # a file that is not an image stops here, with the reader's message
         plain = src.suffix.lower() in PLAIN_IMAGE_SUFFIXES
         out = folder / "out" / f"{src.stem}_x{factor}{src.suffix.lower() if plain else '.tif'}"
         out.parent.mkdir()
@@ -77,7 +77,7 @@ class SuperResolutionTab:
         finally:
             job.stop()
         written = Path(job.result())
-        after = preview(written)
+        after = save_png(preview(written), folder / "after.png")
         raster = read_geotiff(written)
         status = (f"x{factor}: {raster.width} x {raster.height} px, {raster.data.shape[0]} bands "
                   f"{raster.data.dtype}, in {job.elapsed:.0f} s")

@@ -13,7 +13,7 @@ import gradio as gr
 import numpy as np
 import torch
 
-from earthsynth.app.common import JOBS, AppContext, copy_uploads, not_available, readable
+from earthsynth.app.common import JOBS, AppContext, not_available, readable, save_png
 from earthsynth.data.common import format_number
 from earthsynth.data.geotiff import read_geotiff
 from earthsynth.errors import InputError
@@ -88,7 +88,7 @@ class Text2ImageTab:
         paths = []
         for what, upload in (("image", image), ("mask", mask)):
             (folder / what).mkdir()
-            copies = copy_uploads(upload, folder / what)
+            copies = self.ctx.copy_uploads(upload, folder / what)
             if not copies:
                 raise InputError(what, f"inpainting needs an uploaded {what} (PNG, JPEG or GeoTIFF)")
             if copies[0].suffix.lower() not in INPUT_SUFFIXES:
@@ -169,7 +169,7 @@ class Text2ImageTab:
                   f"{time.monotonic() - started:.1f} s{note}")
         if grid is not None:
             status += f"; {grid.crs} kept in the GeoTIFF"
-        return status, pixels, str(out)
+        return status, save_png(pixels, folder / "view.png"), str(out)
 
 
 # ----------------------------------------------------------------------------- the tab
