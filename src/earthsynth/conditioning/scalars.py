@@ -130,6 +130,17 @@ class ScalarEmbedding(ModelMixin, ConfigMixin):
         # One learned "unknown / unconditional" vector per field, small like an embedding.
         self.null = nn.Parameter(torch.randn(len(fields), embed_dim) * 0.02)
 
+    @torch.no_grad()
+    def silence(self) -> None:
+        """Zero output for every input (last layers and null vectors zero), for an embedding
+        added to a pretrained model that must start exactly as it was. The last layers'
+        weights get gradients at once (their input is not zero), the layers below from the
+        second step, as with ControlNet's zero convolutions."""
+        for mlp in self.mlps.values():
+            mlp[-1].weight.zero_()
+            mlp[-1].bias.zero_()
+        self.null.zero_()
+
     def values_from_dicts(self, metadata: Sequence[Mapping]) -> torch.Tensor:
         """Metadata dicts -> (B, F) values in this embedding's field order (NaN = unknown)."""
         return scalar_values(metadata, self.fields)

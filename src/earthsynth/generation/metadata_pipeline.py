@@ -30,6 +30,7 @@ from earthsynth.generation.common import (
     repeat_per_image,
     step_callback,
 )
+from earthsynth.generation.latents import decode, downsampling, encode
 
 MAX_TEXT_TOKENS = 32  # what the bundled models were trained with (model.max_text_tokens)
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -93,10 +94,26 @@ def guidance_drops(passes: list[str], batch: int) -> tuple[torch.Tensor, torch.T
 class MetadataPipelineBase(TextModelMixin, DiffusionPipeline):
     """The text encoder (named by folder, not saved with the checkpoint), the checks and the
     denoising loop with optional tiling and inpainting. Subclasses give
-    `model_output(latents, t, conditions, cross_attention_kwargs)`."""
+    `model_output(latents, t, conditions, cross_attention_kwargs)`.
 
-    model_cpu_offload_seq = "unet"
+    With a `vae` the UNet works on its scaled latents (earthsynth.generation.latents): sizes
+    are in image pixels, the loop runs on the latent grid (f times smaller), the result is
+    decoded (in tiles for an image larger than the trained tile). Without one (pixel mode)
+    the "latents" are the image itself in [-1, 1]."""
+
+    model_cpu_offload_seq = "unet->vae"
+    _optional_components = ["vae"]
     _callback_tensor_inputs = ["latents"]
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """Image pixels per latent pixel (1 in pixel mode)."""
+        return downsampling(getattr(self, "vae", None))
+
+    @property
+    def trained_size(self) -> int:
+        """The image size the UNet was trained on, in pixels."""
+        return self.unet.config.sample_size * self.vae_scale_factor
 
     @property
     def guidance_scale(self) -> float:
@@ -108,7 +125,7 @@ class MetadataPipelineBase(TextModelMixin, DiffusionPipeline):
 
     # 1. inputs
     def check_size(self, height: int, width: int, tile: int | None = None, overlap: int = 0) -> None:
-        stride = self.unet.stride
+        stride = self.unet.stride * self.vae_scale_factor
         if height % stride or width % stride or height < stride or width < stride:
             raise ValueError(f"height and width must be positive multiples of {stride}, got {height}x{width}")
         if tile is not None:
@@ -272,10 +289,48 @@ class MetadataPipelineBase(TextModelMixin, DiffusionPipeline):
             latents = step_callback(self, callback, list(callback_names), i, t, {"latents": latents})["latents"]
         return latents
 
+    def latent_inputs(self, height: int, width: int, tile: int | None, overlap: int, known, keep):
+        """Sizes in image pixels -> on the latent grid; an inpainting image encoded and its keep
+        mask brought to the latent grid (a latent pixel is kept where all its pixels are). An
+        image larger than the trained size is denoised in tiles of that size unless `tile` is
+        given."""
+        f = self.vae_scale_factor
+        if tile is None and max(height, width) > self.trained_size:
+            tile = self.trained_size  # larger than trained: a tiled scene, not objects drawn too large
+        tile = None if tile is None else tile // f
+        if known is not None:
+            known = encode(getattr(self, "vae", None), known)
+            keep = -torch.nn.functional.max_pool2d(-keep, f) if f > 1 else keep
+        return height // f, width // f, tile, overlap // f, known, keep
+
     # 5. output
-    def finish(self, samples: torch.Tensor, output_type: str, return_dict: bool, output_class):
-        """The samples as asked ("latent": the raw (B, 3, H, W) tensor, unclamped, in [-1, 1] for
-        these pixel-space models), hooks freed, wrapped in `output_class` or a 1-tuple."""
-        images = samples if output_type == "latent" else images_for_output(samples, output_type)
+    def finish(self, samples: torch.Tensor, output_type: str, return_dict: bool, output_class,
+               known=None, keep=None):
+        """The samples as asked ("latent": the raw (B, C, h, w) tensor: scaled latents with a
+        VAE, the unclamped image in [-1, 1] without), decoded in tiles of the trained size when
+        larger, hooks freed, wrapped in `output_class` or a 1-tuple. Inpainting (known, keep in
+        image pixels): the decoded image is cross-faded into the known one over a band of a
+        few pixels inside the masked region, so the kept pixels are exact and no edge shows."""
+        if output_type == "latent":
+            images = samples
+        else:
+            vae = getattr(self, "vae", None)
+            decoded = decode(vae, samples, tile=self.unet.config.sample_size).float()
+            if known is not None and vae is not None:
+                decoded = feathered_composite(known.to(decoded.device), decoded, keep.to(decoded.device),
+                                              self.vae_scale_factor)
+            images = images_for_output(decoded, output_type)
         self.maybe_free_model_hooks()
         return output_class(images=images) if return_dict else (images,)
+
+
+def feathered_composite(known: torch.Tensor, generated: torch.Tensor, keep: torch.Tensor, band: int) -> torch.Tensor:
+    """known where keep is 1, generated inside the mask, and a linear cross-fade over `band`
+    pixels on the generated side of the border (keep (.., 1, H, W) in {0, 1})."""
+    if band <= 1:
+        return keep * known + (1 - keep) * generated
+    weight = keep.float()
+    for _ in range(band):  # grows the kept side by one pixel per pass, fading as it goes
+        grown = torch.nn.functional.max_pool2d(weight, 3, stride=1, padding=1)
+        weight = torch.maximum(weight, grown - 1.0 / band)
+    return weight * known + (1 - weight) * generated

@@ -52,23 +52,74 @@ class MetadataUNet(ModelMixin, ConfigMixin):
         cross_attention_dim: int = 384,
         scalar_fields: tuple[str, ...] = ("gsd",),
         scalar_frequencies: int = 16,
+        unet_extra: dict | None = None,
     ):
+        """unet_extra: further UNet2DConditionModel arguments, e.g. the rest of a Stable
+        Diffusion UNet's config (use_linear_projection, norm_num_groups...)."""
         super().__init__()
-        self.unet = UNet2DConditionModel(
-            sample_size=sample_size,
-            in_channels=in_channels,
-            out_channels=out_channels,
-            block_out_channels=tuple(block_out_channels),
-            down_block_types=tuple(down_block_types),
-            up_block_types=tuple(up_block_types),
-            layers_per_block=layers_per_block,
-            cross_attention_dim=cross_attention_dim,
-            attention_head_dim=attention_head_dim,
-            norm_num_groups=min(32, block_out_channels[0]),
-            class_embed_type="identity",  # the metadata embedding is added to the timestep embedding
-        )
-        self.scalar_embedding = ScalarEmbedding(fields=tuple(scalar_fields), embed_dim=4 * block_out_channels[0],
+        arguments = {
+            "norm_num_groups": min(32, block_out_channels[0]),
+            **(unet_extra or {}),
+            "sample_size": sample_size,
+            "in_channels": in_channels,
+            "out_channels": out_channels,
+            "block_out_channels": tuple(block_out_channels),
+            "down_block_types": tuple(down_block_types),
+            "up_block_types": tuple(up_block_types),
+            "layers_per_block": layers_per_block,
+            "cross_attention_dim": cross_attention_dim,
+            "attention_head_dim": attention_head_dim,
+            "class_embed_type": "identity",  # the metadata embedding is added to the timestep embedding
+        }
+        self.unet = UNet2DConditionModel(**arguments)
+        time_embed_dim = self.unet.time_embedding.linear_2.out_features
+        self.scalar_embedding = ScalarEmbedding(fields=tuple(scalar_fields), embed_dim=time_embed_dim,
                                                 num_frequencies=scalar_frequencies)
+
+    @classmethod
+    def from_stable_diffusion(cls, folder, scalar_fields, in_channels: int | None = None) -> MetadataUNet:
+        """A Stable Diffusion folder's UNet (`unet/`, safetensors) with its weights as they are
+        and a metadata embedding that starts silent (zero output), so that at step 0 the model
+        gives exactly the SD UNet's output. `in_channels` other than SD's (pixel mode, 3) gets a
+        fresh input and output convolution, everything else is copied."""
+        from pathlib import Path
+
+        from safetensors.torch import load_file
+
+        from earthsynth.errors import InputError
+
+        unet_folder = Path(folder) / "unet"
+        if not (unet_folder / "config.json").exists():
+            raise InputError(folder, "not a diffusers Stable Diffusion folder (no unet/config.json)")
+        files = sorted(unet_folder.glob("*.safetensors"))
+        if not files:
+            raise InputError(unet_folder, "no UNet weights in .safetensors here (pickled weights are not read)")
+        sd = {k: v for k, v in UNet2DConditionModel.load_config(unet_folder).items() if not k.startswith("_")}
+        if sd.get("class_embed_type") or sd.get("addition_embed_type") or sd.get("num_class_embeds"):
+            raise InputError(unet_folder, "this UNet already has a class or added embedding; expected SD 1.x / 2.x")
+        named = ("sample_size", "in_channels", "out_channels", "block_out_channels", "down_block_types",
+                 "up_block_types", "layers_per_block", "cross_attention_dim", "attention_head_dim")
+        channels = sd["in_channels"] if in_channels is None else in_channels
+        model = cls(sample_size=sd["sample_size"], in_channels=channels, out_channels=channels,
+                    block_out_channels=sd["block_out_channels"], down_block_types=sd["down_block_types"],
+                    up_block_types=sd["up_block_types"], layers_per_block=sd["layers_per_block"],
+                    cross_attention_dim=sd["cross_attention_dim"], attention_head_dim=sd["attention_head_dim"],
+                    scalar_fields=tuple(scalar_fields),
+                    unet_extra={k: v for k, v in sd.items() if k not in named and k != "class_embed_type"})
+        weights = {}
+        for path in files:
+            weights.update(load_file(path))
+        if channels != sd["in_channels"]:
+            weights = {k: v for k, v in weights.items() if not k.startswith(("conv_in.", "conv_out."))}
+        missing, unexpected = model.unet.load_state_dict(weights, strict=False)
+        if unexpected or any(not k.startswith(("conv_in.", "conv_out.")) for k in missing):
+            raise InputError(unet_folder, f"UNet weights do not match its config ({len(missing)} missing, "
+                                          f"{len(unexpected)} unexpected tensors)")
+        model.scalar_embedding.silence()
+        # what earthsynth adds to the SD UNet, trained even when only the added parts train
+        model.added_prefixes = ("scalar_embedding.",) + (
+            ("unet.conv_in.", "unet.conv_out.") if channels != sd["in_channels"] else ())
+        return model
 
     @property
     def stride(self) -> int:
@@ -84,13 +135,24 @@ class MetadataUNet(ModelMixin, ConfigMixin):
                          cross_attention_kwargs=cross_attention_kwargs).sample
 
 
+TRAIN_PARTS = ("all", "added", "attention")
+
+
 def build_metadata_unet(model_config, sample_size: int, cross_attention_dim: int, scalar_fields,
-                        family: str) -> MetadataUNet:
-    """The UNet a text2earth / crsdiff model config describes (block_out_channels,
-    layers_per_block, attention_levels, attention_head_dim), initialised from
-    `model_config.init_unet` when that names a folder."""
+                        family: str, in_channels: int = 3) -> MetadataUNet:
+    """The UNet a text2earth / crsdiff model config describes: a Stable Diffusion UNet when
+    `model_config.pretrained` names an SD folder (its weights as they are, the metadata
+    embedding silent at the start, `train_parts` choosing what trains), else a fresh one of
+    block_out_channels, layers_per_block, attention_levels, attention_head_dim, initialised
+    from `model_config.init_unet` when that names a folder. sample_size and in_channels are
+    on the grid the UNet works on (latent or pixel)."""
+    if model_config.pretrained:
+        unet = MetadataUNet.from_stable_diffusion(model_config.pretrained, scalar_fields, in_channels)
+        choose_trained_parts(unet, model_config.train_parts)
+        return unet
     down, up = unet_block_types(len(model_config.block_out_channels), model_config.attention_levels)
-    unet = MetadataUNet(sample_size=sample_size, block_out_channels=list(model_config.block_out_channels),
+    unet = MetadataUNet(sample_size=sample_size, in_channels=in_channels, out_channels=in_channels,
+                        block_out_channels=list(model_config.block_out_channels),
                         down_block_types=down, up_block_types=up, layers_per_block=model_config.layers_per_block,
                         attention_head_dim=model_config.attention_head_dim, cross_attention_dim=cross_attention_dim,
                         scalar_fields=tuple(scalar_fields))
@@ -134,3 +196,17 @@ def init_from_pretrained_unet(model: MetadataUNet, directory) -> tuple[int, int]
             matching[target] = tensor
     model.load_state_dict(matching, strict=False)
     return len(matching), len(own)
+
+
+def choose_trained_parts(unet: MetadataUNet, parts: str) -> None:
+    """What of a pretrained UNet trains: "all"; "added" (what earthsynth adds to it: the
+    metadata embedding, and input / output convolutions that were not copied); "attention"
+    (the added parts and the attention layers, where text conditioning lives)."""
+    if parts not in TRAIN_PARTS:
+        raise ValueError(f"train_parts must be one of {', '.join(TRAIN_PARTS)}, got {parts!r}")
+    if parts == "all":
+        return
+    for name, parameter in unet.named_parameters():
+        added = name.startswith(getattr(unet, "added_prefixes", ("scalar_embedding.",)))
+        attention = ".attentions." in name or "attn" in name
+        parameter.requires_grad_(added or (parts == "attention" and attention))

@@ -100,11 +100,11 @@ class CRSDiffPipeline(MetadataPipelineBase):
     """Guidance pushes away from "no text, no metadata, no maps"; with
     `condition_guidance_scale`, text and (metadata + maps) are guided separately."""
 
-    model_cpu_offload_seq = "control_adapter->unet"
+    model_cpu_offload_seq = "control_adapter->unet->vae"
 
-    def __init__(self, unet, control_adapter, scheduler, text_model: str = ""):
+    def __init__(self, unet, control_adapter, scheduler, vae=None, text_model: str = ""):
         super().__init__()
-        self.register_modules(unet=unet, control_adapter=control_adapter, scheduler=scheduler)
+        self.register_modules(unet=unet, control_adapter=control_adapter, scheduler=scheduler, vae=vae)
         self.register_to_config(text_model=text_model)
 
     @property
@@ -189,7 +189,7 @@ class CRSDiffPipeline(MetadataPipelineBase):
             if (height or map_height, width or map_width) != (map_height, map_width):
                 raise ValueError(f"control maps are {map_height}x{map_width}, the image is asked {height}x{width}")
             height, width = map_height, map_width
-        height, width = height or self.unet.config.sample_size, width or self.unet.config.sample_size
+        height, width = height or self.trained_size, width or self.trained_size
         self.check_size(height, width)
         self._guidance_scale = guidance_scale
 
@@ -208,9 +208,10 @@ class CRSDiffPipeline(MetadataPipelineBase):
             {name: torch.full((len(drop_rest),), scales[name]) for name in maps}, drop_text,
             drop_rest[:, None].expand_as(values), {name: drop_rest for name in maps})
 
-        # 3-4. noise and the denoising loop
+        # 3-4. noise and the denoising loop, on the latent grid (the adapter brings the maps to it)
         total = batch * num_images_per_prompt
-        samples = self.denoise(conditions, (total, self.unet.config.out_channels, height, width),
+        f = self.vae_scale_factor
+        samples = self.denoise(conditions, (total, self.unet.config.out_channels, height // f, width // f),
                                num_inference_steps, condition_guidance_scale, generator, latents,
                                cross_attention_kwargs=cross_attention_kwargs, callback=callback_on_step_end,
                                callback_names=callback_names)

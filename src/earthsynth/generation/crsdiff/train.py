@@ -27,6 +27,12 @@ from earthsynth.data.flips import random_flips
 from earthsynth.data.tiles import collate_samples
 from earthsynth.generation.common import to_pil
 from earthsynth.generation.crsdiff.pipeline import CRSDiffPipeline, crsdiff_conditions
+from earthsynth.generation.latents import (
+    downsampling,
+    latent_cache,
+    load_family_vae,
+    upsample_nearest,
+)
 from earthsynth.generation.metadata_pipeline import encode_text
 from earthsynth.generation.metadata_unet import build_metadata_unet
 from earthsynth.registry import Family
@@ -45,6 +51,9 @@ class CRSDiffModelConfig:
     adapter_hidden: int = 16  # width of each map's conv pyramid
     text_encoder: str = ""
     init_unet: str = ""  # a local Stable Diffusion / diffusers UNet folder: copy the tensors that fit
+    vae: str = ""  # latent mode: an exported autoencoder (or SD folder); "" = pixel mode unless pretrained
+    pretrained: str = ""  # a local diffusers Stable Diffusion 1.x / 2.x folder: its VAE, UNet and CLIP as they are
+    train_parts: str = "all"  # with pretrained: all, added (metadata embedding) or attention (added + attention)
     max_text_tokens: int = 32
     text_dropout: float = 0.15
     metadata_dropout: float = 0.15  # all fields at once
@@ -57,15 +66,21 @@ class CRSDiffModelConfig:
 
 def build(config) -> dict:
     mc = config.model
-    text = TextConditioner.from_pretrained(mc.text_encoder or None)
-    unet = build_metadata_unet(mc, config.data.tile_size, text.dim, SCALAR_FIELDS, config.family)
-    adapter = ControlAdapter.from_unet_config(unet.unet.config, dict(CONTROL_CHANNELS), hidden=mc.adapter_hidden)
+    text = TextConditioner.from_pretrained(mc.text_encoder or mc.pretrained or None)
+    vae = load_family_vae(mc)
+    f, channels = downsampling(vae), (3 if vae is None else vae.config.latent_channels)
+    unet = build_metadata_unet(mc, config.data.tile_size // f, text.dim, SCALAR_FIELDS, config.family, channels)
+    # the maps stay at image resolution: the adapter's pyramid brings them down to the latent grid
+    adapter = ControlAdapter.from_unet_config(unet.unet.config, dict(CONTROL_CHANNELS), image_stride=f,
+                                              hidden=mc.adapter_hidden)
     noise_scheduler = make_noise_scheduler(config.objective)
     probabilities = {"text": mc.text_dropout, "metadata": mc.metadata_dropout}
     probabilities.update({name: mc.map_dropout for name in CONTROL_CHANNELS})
     return {
         "unet": unet,
         "control_adapter": adapter,
+        "vae": vae,
+        "latents": latent_cache(vae, config, dataset(config)),
         "text": text,
         "noise_scheduler": noise_scheduler,
         "objective": DiffusionObjective(noise_scheduler, config.objective.snr_gamma),
@@ -102,11 +117,19 @@ def loss(components: dict, batch: dict) -> torch.Tensor:
     batch_size, _, height, width = images.shape
     drops = components["dropout"].sample(batch_size)
     maps, scales = batch_controls(batch, height, width)
+    images = images * 2 - 1  # [0, 1] -> [-1, 1]
+    if components["latents"] is not None:  # latent mode: stacked at image resolution to flip with the maps
+        latents = components["latents"].sample(batch["image"])
+        factor = height // latents.shape[-2]
+        images = upsample_nearest(latents, factor)
     if config.data.hflip:  # flip the image and its maps together
         stacked = random_flips(torch.cat([images] + list(maps.values()), dim=1))
-        images, rest = stacked[:, :3], stacked[:, 3:].split([m.shape[1] for m in maps.values()], dim=1)
+        channels = images.shape[1]
+        images, rest = stacked[:, :channels], stacked[:, channels:].split([m.shape[1] for m in maps.values()], dim=1)
         maps = dict(zip(maps, rest))
-    images = images.to(device) * 2 - 1
+    if components["latents"] is not None:
+        images = images[..., ::factor, ::factor]
+    images = images.to(device)
     captions = list(batch["caption"])
     text, null_text = encode_text(components["text"], captions, [""] * len(captions), mc.max_text_tokens)
     text, null_text = [tuple(t.to(device) for t in pair) for pair in (text, null_text)]
@@ -124,8 +147,9 @@ def loss(components: dict, batch: dict) -> torch.Tensor:
 
 def make_pipeline(components: dict) -> CRSDiffPipeline:
     scheduler = DPMSolverMultistepScheduler.from_config(components["noise_scheduler"].config)
+    mc = components["config"].model
     pipe = CRSDiffPipeline(unet=components["unet"], control_adapter=components["control_adapter"],
-                           scheduler=scheduler, text_model=components["config"].model.text_encoder)
+                           scheduler=scheduler, vae=components["vae"], text_model=mc.text_encoder or mc.pretrained)
     pipe.set_text_conditioner(components["text"])
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -83,11 +83,9 @@ def text2earth_conditions(text, null_text, gsds: list, drop_text: torch.Tensor, 
 
 
 class Text2EarthPipeline(MetadataPipelineBase):
-    model_cpu_offload_seq = "unet"
-
-    def __init__(self, unet, scheduler, text_model: str = ""):
+    def __init__(self, unet, scheduler, vae=None, text_model: str = ""):
         super().__init__()
-        self.register_modules(unet=unet, scheduler=scheduler)
+        self.register_modules(unet=unet, scheduler=scheduler, vae=vae)
         # "" = the bundled MiniLM; the text encoder is not part of the checkpoint
         self.register_to_config(text_model=text_model)
 
@@ -173,13 +171,15 @@ class Text2EarthPipeline(MetadataPipelineBase):
         text, null_text, drop_text, drop_gsd = self.stacked_text(passes, *embeds)
         conditions = text2earth_conditions(text, null_text, gsds * len(passes), drop_text, drop_gsd)
 
-        # 3-4. noise and the denoising loop (tiled and/or inpainting when asked)
-        samples = self.denoise(conditions, (len(gsds), self.unet.config.out_channels, height, width),
-                               num_inference_steps, gsd_guidance_scale, generator, latents, tile, overlap, known,
-                               keep, cross_attention_kwargs, callback_on_step_end, callback_names)
+        # 3-4. noise and the denoising loop on the latent grid (tiled and/or inpainting when asked)
+        grid_h, grid_w, grid_tile, grid_overlap, grid_known, grid_keep = self.latent_inputs(
+            height, width, tile, overlap, known, keep)
+        samples = self.denoise(conditions, (len(gsds), self.unet.config.out_channels, grid_h, grid_w),
+                               num_inference_steps, gsd_guidance_scale, generator, latents, grid_tile, grid_overlap,
+                               grid_known, grid_keep, cross_attention_kwargs, callback_on_step_end, callback_names)
 
         # 5. output
-        return self.finish(samples, output_type, return_dict, Text2EarthPipelineOutput)
+        return self.finish(samples, output_type, return_dict, Text2EarthPipelineOutput, known, keep)
 
     def generate_scene(self, prompt: str | list[str], gsd=None, width: int = 256, height: int = 256, tile: int = 64,
                        overlap: int = 16, **kwargs) -> Text2EarthPipelineOutput:

@@ -7,8 +7,9 @@ condition (an embedding added to the timestep embedding, with a learned null for
 "unknown"). Text and GSD are dropped independently in training (dynamic condition
 adaptation), so one model serves text-only, resolution-only and unconditional requests.
 The loss builds the UNet's conditions with the pipeline's own text2earth_conditions.
-Pixel space, like aerogen: no pretrained VAE can be had offline, and at 64 px a VAE's
-latent would be 8x8.
+Latent mode (`model.vae`: our autoencoder; or `model.pretrained`: a local Stable Diffusion
+folder, whose VAE, UNet and CLIP are used as they are) trains on the tiles' cached latents
+(earthsynth.generation.latents.LatentCache); without either the UNet works on pixels.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from earthsynth.conditioning import ConditionDropout, TextConditioner
 from earthsynth.data.flips import random_flips
 from earthsynth.data.tiles import GSDBalancedTiles, RealTiles, collate_samples
 from earthsynth.generation.common import to_pil
+from earthsynth.generation.latents import downsampling, latent_cache, load_family_vae
 from earthsynth.generation.metadata_pipeline import encode_text
 from earthsynth.generation.metadata_unet import build_metadata_unet
 from earthsynth.generation.text2earth.pipeline import Text2EarthPipeline, text2earth_conditions
@@ -38,8 +40,11 @@ class Text2EarthModelConfig:
     layers_per_block: int = 1
     attention_levels: int = 2  # cross-attention on the coarsest levels
     attention_head_dim: int = 16
-    text_encoder: str = ""  # "" = bundled MiniLM; or a local transformers / Stable Diffusion directory
+    text_encoder: str = ""  # "" = bundled MiniLM (or pretrained's CLIP); or a local transformers / SD directory
     init_unet: str = ""  # a local Stable Diffusion / diffusers UNet folder: copy the tensors that fit
+    vae: str = ""  # latent mode: an exported autoencoder (or SD folder); "" = pixel mode unless pretrained
+    pretrained: str = ""  # a local diffusers Stable Diffusion 1.x / 2.x folder: its VAE, UNet and CLIP as they are
+    train_parts: str = "all"  # with pretrained: all, added (what earthsynth adds) or attention (added + attention)
     max_text_tokens: int = 32
     text_dropout: float = 0.15  # dynamic condition adaptation: text and GSD dropped independently
     gsd_dropout: float = 0.15
@@ -52,11 +57,15 @@ class Text2EarthModelConfig:
 
 def build(config) -> dict:
     mc = config.model
-    text = TextConditioner.from_pretrained(mc.text_encoder or None)
-    unet = build_metadata_unet(mc, config.data.tile_size, text.dim, ("gsd",), config.family)
+    text = TextConditioner.from_pretrained(mc.text_encoder or mc.pretrained or None)
+    vae = load_family_vae(mc)
+    f, channels = downsampling(vae), (3 if vae is None else vae.config.latent_channels)
+    unet = build_metadata_unet(mc, config.data.tile_size // f, text.dim, ("gsd",), config.family, channels)
     noise_scheduler = make_noise_scheduler(config.objective)
     return {
         "unet": unet,
+        "vae": vae,
+        "latents": latent_cache(vae, config, dataset(config)),
         "text": text,
         "noise_scheduler": noise_scheduler,
         "objective": DiffusionObjective(noise_scheduler, config.objective.snr_gamma),
@@ -75,10 +84,13 @@ def dataset(config):
 def loss(components: dict, batch: dict) -> torch.Tensor:
     unet, config = components["unet"], components["config"]
     device = unet.device
-    images = batch["image"]
+    if components["latents"] is not None:
+        images = components["latents"].sample(batch["image"])  # scaled VAE latents
+    else:
+        images = batch["image"] * 2 - 1  # pixel mode: [0, 1] -> [-1, 1]
     if config.data.hflip:
         images = random_flips(images)
-    images = images.to(device) * 2 - 1  # [0, 1] -> [-1, 1]
+    images = images.to(device)
     drops = components["dropout"].sample(images.shape[0])
     captions = list(batch["caption"])
     text, null_text = encode_text(components["text"], captions, [""] * len(captions), config.model.max_text_tokens)
@@ -94,8 +106,9 @@ def loss(components: dict, batch: dict) -> torch.Tensor:
 
 def make_pipeline(components: dict) -> Text2EarthPipeline:
     scheduler = DPMSolverMultistepScheduler.from_config(components["noise_scheduler"].config)
-    pipe = Text2EarthPipeline(unet=components["unet"], scheduler=scheduler,
-                              text_model=components["config"].model.text_encoder)
+    mc = components["config"].model
+    pipe = Text2EarthPipeline(unet=components["unet"], scheduler=scheduler, vae=components["vae"],
+                              text_model=mc.text_encoder or mc.pretrained)
     pipe.set_text_conditioner(components["text"])
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -1,0 +1,157 @@
+"""The latent space of the RGB families (text2earth, crsdiff, aerogen with a `vae`): scaling,
+encoding, tiled decoding and the cache of the training tiles' latents.
+
+Latents are the VAE's posterior scaled as Stable Diffusion scales them,
+z = (posterior - shift_factor) * scaling_factor, so the diffusion model sees unit variance
+(our autoencoder stores both from its training tiles; an SD VAE has no shift). Pixel mode
+(no VAE) goes through the same functions as the identity, so a pipeline reads the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from earthsynth.data.common import atomic_path
+from earthsynth.generation.common import process_in_tiles
+
+
+def downsampling(vae) -> int:
+    """Image pixels per latent pixel along each axis (1 without a VAE)."""
+    return 1 if vae is None else 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def shift_and_scale(vae) -> tuple[float, float]:
+    shift = vae.config.get("shift_factor") or 0.0
+    return float(shift), float(vae.config.scaling_factor)
+
+
+@torch.no_grad()
+def encode(vae, images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) images in [-1, 1] -> scaled posterior means (B, C, H / f, W / f)."""
+    if vae is None:
+        return images
+    shift, scale = shift_and_scale(vae)
+    posterior = vae.encode(images.to(vae.device, vae.dtype)).latent_dist
+    return (posterior.mean - shift) * scale
+
+
+@torch.no_grad()
+def decode(vae, latents: torch.Tensor, tile: int | None = None, overlap: int = 8) -> torch.Tensor:
+    """Scaled latents -> (B, 3, H, W) images in [-1, 1]. With `tile` (latent pixels), a
+    larger latent is decoded in overlapping tiles blended with linear ramps: memory bounded
+    by the tile, no seams (the ramps cross-fade decoders that agree up to boundary effects)."""
+    if vae is None:
+        return latents
+    shift, scale = shift_and_scale(vae)
+
+    def run(piece):
+        return vae.decode(piece.to(vae.device, vae.dtype) / scale + shift).sample
+
+    height, width = latents.shape[-2:]
+    if tile is None or (height <= tile and width <= tile):
+        return run(latents)
+    return process_in_tiles(latents, min(tile, height), min(tile, width), min(overlap, tile // 2), run,
+                            scale=downsampling(vae))
+
+
+def image_key(image: torch.Tensor) -> str:
+    """A training tile's identity: the hash of its pixels (so a changed source is re-encoded)."""
+    pixels = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().contiguous()
+    return hashlib.sha256(pixels.numpy().tobytes() + str(tuple(pixels.shape)).encode()).hexdigest()[:32]
+
+
+def vae_fingerprint(vae) -> str:
+    """Hash of the VAE's weights and latent scale: a cache made with another VAE never matches."""
+    digest = hashlib.sha256(repr(shift_and_scale(vae)).encode())
+    for name, tensor in sorted(vae.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+class LatentCache:
+    """The scaled posterior mean and standard deviation of every training tile, encoded once
+    per run (one tile at a time, so a value does not depend on its batch) and kept in
+    `folder/<vae fingerprint>.safetensors`: a resumed run reads them back, another VAE makes
+    another file, a tile whose pixels changed is encoded anew. Latent training then costs no
+    more per step than pixel training."""
+
+    def __init__(self, vae, folder: str | Path | None = None):
+        self.vae = vae
+        self.path = None if folder is None else Path(folder) / f"{vae_fingerprint(vae)}.safetensors"
+        self.entries: dict[str, torch.Tensor] = {}
+        if self.path is not None and self.path.exists():
+            self.entries = load_file(self.path)
+
+    @torch.no_grad()
+    def fill(self, images) -> int:
+        """Encode the (3, H, W) [0, 1] images not cached yet; returns how many were new, and
+        saves the cache when there were any."""
+        shift, scale = shift_and_scale(self.vae)
+        added = 0
+        for image in images:
+            key = image_key(image)
+            if key in self.entries:
+                continue
+            posterior = self.vae.encode((image[None] * 2 - 1).to(self.vae.device, self.vae.dtype)).latent_dist
+            self.entries[key] = torch.stack([(posterior.mean[0] - shift) * scale, posterior.std[0] * scale]).float().cpu()
+            added += 1
+        if added and self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(self.path) as tmp:
+                save_file(self.entries, str(tmp))
+        return added
+
+    def sample(self, images: torch.Tensor) -> torch.Tensor:
+        """Latents of a batch of training images (B, 3, H, W) in [0, 1], drawn from their
+        posteriors with torch's global RNG (restored on resume, so a resumed run draws the
+        same). An image not cached yet is encoded first."""
+        self.fill([image for image in images if image_key(image) not in self.entries])
+        stats = torch.stack([self.entries[image_key(image)] for image in images])
+        mean, std = stats[:, 0], stats[:, 1]
+        return mean + std * torch.randn(mean.shape)
+
+
+def load_family_vae(model_config):
+    """The frozen VAE a latent family's model config names (`vae`, else the Stable Diffusion
+    folder of `pretrained`), or None for pixel mode."""
+    from earthsynth.generation.autoencoder.model import load_autoencoder
+
+    folder = model_config.vae or model_config.pretrained
+    if not folder:
+        return None
+    vae = load_autoencoder(folder)
+    vae.requires_grad_(False)
+    return vae.eval()
+
+
+def training_images(dataset):
+    """The (3, H, W) [0, 1] images of a training dataset's distinct tiles (through the
+    wrappers that repeat or extend RealTiles samples, without computing what they add)."""
+    inner = getattr(dataset, "tiles", None)
+    if isinstance(inner, torch.utils.data.Dataset):
+        yield from training_images(inner)
+        return
+    for index in range(len(dataset)):
+        yield dataset[index]["image"]
+
+
+def latent_cache(vae, config, dataset) -> LatentCache | None:
+    """The run's LatentCache, every training tile encoded (None in pixel mode)."""
+    if vae is None:
+        return None
+    cache = LatentCache(vae, Path(config.output_dir) / "latent_cache")
+    added = cache.fill(training_images(dataset))
+    print(f"{config.family}: {len(cache.entries)} training tiles in latent space ({added} encoded now)")
+    return cache
+
+
+
+def upsample_nearest(latents: torch.Tensor, factor: int) -> torch.Tensor:
+    """Each latent pixel repeated factor x factor times: stacked with image-resolution maps,
+    a flip of the stack followed by [..., ::factor, ::factor] is exactly the flipped latent."""
+    return latents.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
