@@ -183,11 +183,12 @@ def test_evaluate_trains_the_three_conditions_and_writes_the_table(models, tmp_p
     synthetic = tmp_path / "synth"
     run_augment(synthetic, config(models, num_images=4, max_candidates=4), show_progress=False)
     # as if the filter had rejected the first two: the unfiltered set is then those two
-    shard = synthetic / "manifest.rank0.jsonl"
-    rows = [json.loads(line) for line in shard.read_text().splitlines()]
+    manifest, run = synthetic / "manifest.jsonl", synthetic / "run.json"
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
     for row in rows:
         row["accepted"] = row["index"] >= 2
-    shard.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    run.write_text(json.dumps({**json.loads(run.read_text()), "accepted": 2}))
     recipe = tmp_path / "detector.yaml"
     recipe.write_text(yaml.safe_dump({
         "family": "detector", "model": {"widths": [8, 8, 8, 8], "head_width": 8},
@@ -200,8 +201,7 @@ def test_evaluate_trains_the_three_conditions_and_writes_the_table(models, tmp_p
     for row in written["conditions"].values():
         assert [r["seed"] for r in row["runs"]] == [0, 1]
         assert 0.0 <= row["mAP50"]["mean"] <= 1.0
-    records = load_records(synthetic)
-    accepted = [r for r in records if r["accepted"]]
+    accepted = [r for r in rows if r["accepted"]]
     assert written["synthetic_images"]["filtered"] == {"images": len(accepted), "accepted": len(accepted)}
     assert written["synthetic_images"]["unfiltered"]["images"] == len(accepted)
     assert written["synthetic_images"]["unfiltered"]["accepted"] == 0

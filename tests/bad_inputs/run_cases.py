@@ -132,8 +132,7 @@ EVALUATE_CASES = [
     case("evaluate-real-fraction-nan", evaluate("--real-fraction", "nan", names="--real-fraction", words=("(0, 1]",))),
     case("evaluate-seeds-not-integers", evaluate("--seeds", "0,one", names="--seeds", words=("integers",))),
     case("evaluate-seeds-empty", evaluate("--seeds", ",", names="--seeds", words=("at least one seed",))),
-    case("evaluate-steps-negative", evaluate("--steps", "-5", names="--steps", words=("at least 1",)),
-         xfail="unassigned (evaluate): --steps below 1 reaches the detector training"),
+    case("evaluate-steps-negative", evaluate("--steps", "-5", names="--steps", words=("at least 1",))),
     case("evaluate-detector-config-missing", evaluate("--detector-config", "/nonexistent/recipe.yaml", names="recipe.yaml",
                                                       words=("cannot read the detector recipe",))),
     case("evaluate-detector-config-not-a-detector", evaluate("--detector-config", lambda tmp: str(run_config(

@@ -18,6 +18,7 @@ the initialisation and the batch order, and is shared by the three conditions.
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -25,7 +26,8 @@ from pathlib import Path
 
 import yaml
 
-from earthsynth.data.common import atomic_write
+from earthsynth.augment.report import load_manifest, load_run
+from earthsynth.data.common import atomic_write, check_output_folder, remove_stale_temporaries
 from earthsynth.errors import InputError
 
 CONDITIONS = ("real", "filtered", "unfiltered")
@@ -62,30 +64,47 @@ def detector_recipe(config: EvaluateConfig) -> dict:
     return tree
 
 
+def finished_run(synthetic: Path) -> tuple[list[dict], dict]:
+    """The manifest records and run summary of a finished augment folder, checked: one line
+    for a folder that is not one, a run that did not finish, or a malformed manifest."""
+    if not (synthetic / "augment_config.yaml").is_file():
+        raise InputError(synthetic, "not an `earthsynth augment` output folder (no augment_config.yaml)")
+    if not (synthetic / "run.json").is_file() or not (synthetic / "manifest.jsonl").is_file():
+        raise InputError(synthetic, "holds an unfinished augment run (no run.json: it was interrupted or "
+                                    "failed); rerun the same `earthsynth augment` command to finish it")
+    run = load_run(synthetic / "run.json")
+    records = load_manifest(synthetic / "manifest.jsonl")
+    accepted = sum(r["accepted"] for r in records)
+    if len(records) != run["candidates"] or accepted < run["accepted"]:
+        raise InputError(synthetic / "manifest.jsonl", f"holds {len(records)} candidates, {accepted} accepted, but "
+                                                       f"run.json says {run['candidates']}, {run['accepted']}")
+    for record in records:
+        if not (synthetic / record["file"]).is_file():
+            raise InputError(synthetic / record["file"], f"candidate {record['index']} of the manifest is missing")
+    return records, run
+
+
 def synthetic_sets(synthetic: Path, out: Path, min_objects: int = 0,
                    max_images: int = 0) -> dict[str, tuple[Path, int]]:
     """COCO datasets of the accepted candidates and of as many candidates in index order
     (of those with at least `min_objects` objects)."""
-    from earthsynth.jobs.augment import load_records, write_candidates
+    from earthsynth.jobs.augment import write_candidates
 
-    if not (synthetic / "augment_config.yaml").is_file():
-        raise InputError(synthetic, "not an `earthsynth augment` output folder (no augment_config.yaml)")
-    records = load_records(synthetic)
-    run = json.loads((synthetic / "run.json").read_text()) if (synthetic / "run.json").is_file() else {}
-    accepted = [r for r in records if r["accepted"]][: run.get("accepted", len(records))]
+    records, run = finished_run(synthetic)
+    accepted = [r for r in records if r["accepted"]][: run["accepted"]]
     if not accepted:
-        raise InputError(synthetic, "holds no accepted images; run `earthsynth augment` to the end first")
+        raise InputError(synthetic, "holds no accepted images; raise max_candidates or relax the filter")
     accepted = [r for r in accepted if len(r["layout"]["labels"]) >= min_objects][: max_images or None]
     unfiltered = [r for r in records if len(r["layout"]["labels"]) >= min_objects][: len(accepted)]
     if not accepted:
         raise InputError(synthetic, f"holds no accepted image with at least {min_objects} objects")
     classes = sorted({label for r in records for label in r["layout"]["labels"]}) or ["Tree"]
-    gsd = run.get("gsd")
     sets = {}
     for name, chosen in (("filtered", accepted), ("unfiltered", unfiltered)):
         destination = out / "data" / name
         destination.parent.mkdir(parents=True, exist_ok=True)
-        write_candidates(synthetic, chosen, destination, "coco", classes, gsd)
+        remove_stale_temporaries(destination.parent, name)
+        write_candidates(synthetic, chosen, destination, "coco", classes, run.get("gsd"))
         sets[name] = (destination, sum(r["accepted"] for r in chosen))
     return sets
 
@@ -120,10 +139,19 @@ def run_evaluate(out: str | Path, config: EvaluateConfig, log=print) -> dict:
         raise InputError("--real-fraction", f"must be in (0, 1], got {config.real_fraction}")
     if not config.seeds:
         raise InputError("--seeds", "give at least one seed")
+    if config.max_steps < 0:
+        raise InputError("--steps", f"must be at least 1, got {config.max_steps}")
     if config.split not in ("test", "val"):
         raise InputError("--split", f"must be test or val, got {config.split!r}")
+    check_output_folder(out, "--out")
     recipe = detector_recipe(config)
-    sets = synthetic_sets(Path(config.synthetic), out, config.min_objects, config.max_synthetic)
+    fresh = not out.exists()
+    try:  # the folder is checked before anything is written
+        sets = synthetic_sets(Path(config.synthetic), out, config.min_objects, config.max_synthetic)
+    except InputError:  # a candidate image found unreadable while writing: nothing stays either
+        if fresh:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     test_tiles = RealTiles(config.split, tile_size=config.test_tile_size, gsd_factors=(2,))
 
     runs: dict[str, list[dict]] = {name: [] for name in CONDITIONS}

@@ -16,14 +16,14 @@ import io
 import json
 import math
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from earthsynth.boxes import Boxes
-from earthsynth.data.common import atomic_write
+from earthsynth.data.common import atomic_write, one_line
 from earthsynth.data.jsonl import read_jsonl
 from earthsynth.errors import InputError
 
@@ -47,25 +47,67 @@ PLACEHOLDER_GREY = 128
 
 
 # ----------------------------------------------------------------------------- reading
-def load_manifest(path: str | os.PathLike) -> list[dict]:
-    """The records of a manifest.jsonl, sorted by "index".
-
-    Every non-blank line must be a JSON object with an integer "index", a boolean "accepted"
-    and, if present, a valid "layout"; otherwise an InputError names the file and the line.
-    """
+def load_manifest(path: str | os.PathLike, allow_cut_last_line: bool = False) -> list[dict]:
+    """The records of a manifest (manifest.jsonl, or a process's manifest.rank<r>.jsonl), sorted
+    by "index"; every line is checked by `record_problem`, an InputError names the file and line."""
     records = []
-    for number, record in read_jsonl(path):
-        if not isinstance(record.get("index"), int) or isinstance(record.get("index"), bool):
-            raise InputError(path, f"line {number}: missing or non-integer \"index\"")
-        if not isinstance(record.get("accepted"), bool):
-            raise InputError(path, f"line {number}: missing or non-boolean \"accepted\"")
-        if "layout" in record:
-            try:
-                record_boxes(record)
-            except (TypeError, ValueError, KeyError, AttributeError) as err:
-                raise InputError(path, f"line {number}: bad \"layout\" ({err})") from None
+    for number, record in read_jsonl(path, allow_cut_last_line=allow_cut_last_line):
+        problem = record_problem(record)
+        if problem:
+            raise InputError(path, f"line {number}: {problem}")
         records.append(record)
     return sorted(records, key=lambda r: r["index"])
+
+
+def record_problem(record: dict) -> str | None:
+    """What is wrong with a manifest record, or None: it needs an integer "index", a boolean
+    "accepted", a "layout" of finite boxes with a class name each, an "image_id" that is a plain
+    name (it names the files written from it) and a "file" inside the output folder."""
+    index = record.get("index")
+    if not isinstance(index, int) or isinstance(index, bool):
+        return 'missing or non-integer "index"'
+    if not isinstance(record.get("accepted"), bool):
+        return 'missing or non-boolean "accepted"'
+    layout = record.get("layout")
+    labels = layout.get("labels") if isinstance(layout, dict) else None
+    if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
+        return 'bad "layout" (it needs "labels", a list of class names)'
+    try:
+        boxes = record_boxes(record)
+    except (TypeError, ValueError) as err:
+        return f'bad "layout" ({err})'
+    if not np.isfinite(boxes.rboxes).all():
+        return 'bad "layout" (box values must be finite numbers)'
+    image_id, file = record.get("image_id"), record.get("file")
+    if not isinstance(image_id, str) or not image_id or image_id in (".", "..") or "/" in image_id or "\\" in image_id:
+        return 'missing "image_id", or not a plain name'
+    if not isinstance(file, str) or not file or PurePosixPath(file).is_absolute() or ".." in PurePosixPath(file).parts:
+        return 'missing "file", or not a path inside the output folder'
+    return None
+
+
+RUN_COUNTS = ("candidates", "accepted", "num_images")  # what readers of run.json rely on
+
+
+def load_run(path: str | os.PathLike) -> dict:
+    """run.json, the summary an augment run writes last (so it marks a finished run), checked:
+    a JSON object with integer counts and a number or null "gsd"."""
+    path = Path(path)
+    try:
+        run = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(path, "file not found") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
+        raise InputError(path, f"not readable JSON ({one_line(err)})") from None
+    if not isinstance(run, dict):
+        raise InputError(path, f"expected a JSON object, got {type(run).__name__}")
+    for key in RUN_COUNTS:
+        if not isinstance(run.get(key), int) or isinstance(run[key], bool) or run[key] < 0:
+            raise InputError(path, f'missing or bad "{key}" (a count)')
+    gsd = run.get("gsd")
+    if gsd is not None and (not isinstance(gsd, (int, float)) or isinstance(gsd, bool) or not gsd > 0):
+        raise InputError(path, f'"gsd" must be a positive number or null, got {gsd!r}')
+    return run
 
 
 def record_boxes(record: dict) -> Boxes:
@@ -430,16 +472,19 @@ def render_html(out_dir: Path, records: list[dict], run: dict, figure_uri: str) 
     return "\n".join(parts)
 
 
-def write_report(out_dir: str | os.PathLike, records: list[dict], run: dict) -> tuple[Path, Path]:
-    """Write OUT/report.png and OUT/report.html (each atomically) and return their paths.
+def write_report(out_dir: str | os.PathLike, records: list[dict], run: dict,
+                 target: str | os.PathLike | None = None) -> tuple[Path, Path]:
+    """Write report.png and report.html (each atomically) into `target` (default OUT) and
+    return their paths.
 
     `records` are the manifest records (see load_manifest), `run` the run summary (run.json).
     Missing candidate images become grey placeholders; missing run keys are shown as unknown.
     """
     out_dir = Path(out_dir)
+    target = out_dir if target is None else Path(target)
     records = sorted(records, key=lambda r: r["index"])
     figure = png_bytes(render_figure(out_dir, records, run))
-    png_path, html_path = out_dir / "report.png", out_dir / "report.html"
+    png_path, html_path = target / "report.png", target / "report.html"
     with atomic_write(png_path, "wb") as f:
         f.write(figure)
     page = render_html(out_dir, records, run, "data:image/png;base64," + base64.b64encode(figure).decode("ascii"))

@@ -3,13 +3,15 @@
 Atomic outputs, one family: `atomic_write` (a file opened for writing), `atomic_path` (a file
 name for a writer that wants a path) and `atomic_directory` (a whole folder). Each writes
 beside its target and moves the result into place only when the block succeeds, and removes
-what it wrote on any error, so a reader never sees a half-written output.
+what it wrote on any error, so a reader never sees a half-written output. A killed process
+cannot clean up: `remove_stale_temporaries` lets the next run in that place remove what it left.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import uuid
 import warnings
@@ -81,6 +83,49 @@ def atomic_directory(directory: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+# what the atomic helpers name their temporaries: ".<target>.<8 hex>" (a folder,
+# new_hidden_folder; mkdtemp's 8 characters before it), or ".<target>.<8 hex>.tmp" (a file,
+# atomic_path); a DatasetWriter inside an atomic_directory nests them ("..coco.0f3a9b1c.77d2e0aa")
+TEMPORARY_NAME = re.compile(r"\.(?P<target>.+)\.(?:[a-z0-9_]{8}|[0-9a-f]{8}\.tmp)")
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, targets: str) -> list[str]:
+    """Remove from `folder` the temporaries that a killed run's atomic writes left beside the
+    outputs whose names fully match the regex `targets`; nothing else is touched. Call it only
+    where no other run is writing. Returns the names removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for entry in folder.iterdir():
+        match = TEMPORARY_NAME.fullmatch(entry.name)
+        while match and not re.fullmatch(targets, match["target"]):
+            match = TEMPORARY_NAME.fullmatch(match["target"])
+        if match:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry.name)
+    return sorted(removed)
+
+
+def check_output_folder(path: str | os.PathLike, option: str) -> None:
+    """Refuse in one line an output folder that is a file, lies under a file or cannot be made
+    or written, before any work; creates nothing."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(path, f"is a file; {option} needs a folder")
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(path, f"cannot be made: {existing} is a file ({option})")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        where = "it" if existing == path else existing
+        raise InputError(path, f"cannot be written: no permission to write in {where} ({option})")
+
+
 def format_number(value: float, decimals: int = 6) -> str:
     """A number as short text: integers without a decimal point, others without trailing zeros."""
     text = f"{float(value):.{decimals}f}".rstrip("0").rstrip(".")
@@ -130,6 +175,7 @@ def one_line(err: BaseException | str) -> str:
 def check_label(label: str, class_names: Sequence[str] | None, source, where: str) -> None:
     if class_names is not None and label not in class_names:
         raise InputError(source, f"{where}: unknown class {label!r} (known: {', '.join(class_names)})")
+
 
 @contextlib.contextmanager
 def open_image(path: str | os.PathLike) -> Iterator:

@@ -21,7 +21,7 @@ from PIL import Image
 
 from earthsynth.boxes import Boxes
 from earthsynth.data.coco import write_coco
-from earthsynth.data.common import new_hidden_folder
+from earthsynth.data.common import check_output_folder, new_hidden_folder
 from earthsynth.data.dota import write_dota
 from earthsynth.data.voc import write_voc
 from earthsynth.data.yolo import write_yolo, write_yolo_data_yaml
@@ -116,6 +116,7 @@ def export_real_tiles(out: str | Path, formats: list[str], splits: list[str], ti
     from earthsynth.data.tiles import RealTiles
 
     out = Path(out)
+    check_output_folder(out, "--out")
     tiles = {split: RealTiles(split, tile_size=tile_size, min_visible=min_visible) for split in splits}
     class_names = sorted({name for dataset in tiles.values() for name in dataset.class_names})
     written = {}

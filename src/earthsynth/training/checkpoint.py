@@ -7,7 +7,8 @@ A checkpoint is a folder `step-000100/` holding
 - state.json: step counters; rng-rank{r}.safetensors/.json: each process's torch, numpy
   and python RNG states, so the losses after a resume equal an uninterrupted run's.
 It is written to a temporary folder and renamed into place, so a crash never leaves a
-half-written checkpoint that `resume: latest` would pick up.
+half-written checkpoint that `resume: latest` would pick up; what a killed run leaves of
+one (a hidden `.step-000100.*` folder) the next run in that output_dir removes.
 """
 
 from __future__ import annotations
@@ -22,9 +23,26 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from earthsynth.data.common import atomic_directory, atomic_path
+from earthsynth.data.common import (
+    atomic_directory,
+    atomic_path,
+    check_output_folder,
+    remove_stale_temporaries,
+)
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def prepare_output_dir(output_dir: str | Path, option: str = "output_dir") -> None:
+    """Before a run, in every process: refuse in one line an output_dir that cannot be a folder,
+    then remove the temporaries of a killed run there (a hidden `final/` or checkpoint being
+    written, a checkpoint's half-written RNG file of another process)."""
+    check_output_folder(output_dir, option)
+    output_dir = Path(output_dir)
+    remove_stale_temporaries(output_dir, "final")
+    remove_stale_temporaries(output_dir / "checkpoints", r"step-\d+")
+    for checkpoint in list_checkpoints(output_dir / "checkpoints"):
+        remove_stale_temporaries(checkpoint, r"rng-rank\d+\.safetensors")
 
 
 def rng_state() -> tuple[dict[str, torch.Tensor], dict]:
