@@ -3,6 +3,7 @@ that keep the reference's grid, inpainting, tiled scenes, control maps from file
 batch requests; bad input is one line naming the file, exit 1, and nothing written."""
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -260,3 +261,50 @@ def test_bundled_models_generate(family, extra, tmp_path, capsys):
     shuffled = np.abs(np.diff(np.random.default_rng(0).permutation(pixels.reshape(-1, 3)).reshape(64, 64, 3),
                               axis=1)).mean()
     assert neighbour < 0.9 * shuffled
+
+
+def test_sizes_steps_and_scales_are_checked_before_the_model_loads(tmp_path, capsys):
+    """A model folder that does not exist: each error below comes before it would be found."""
+    cases = {("--width", "0"): "width must be in [1, 65536], got 0",
+             ("--height", "-8"): "height must be in [1, 65536], got -8",
+             ("--width", "100000"): "width must be in [1, 65536], got 100000",
+             ("--tile", "0"): "tile must be in [1, 65536], got 0",
+             ("--steps", "0"): "steps must be at least 1, got 0",
+             ("--num-images", "0"): "num_images must be at least 1, got 0",
+             ("--seed", "-1"): "seed must be in [0, 4294967295], got -1",
+             ("--guidance", "nan"): "guidance nan is not a finite number",
+             ("--guidance", "-2"): "guidance must be at least 0, got -2"}
+    for (option, value), problem in cases.items():
+        code = main(["generate", "text2earth", "--prompt", "trees", "--out", str(tmp_path / "out.png"),
+                     "--model", str(tmp_path / "no-model"), option, value])
+        err = capsys.readouterr().err.strip()
+        assert code == 1 and err == f"earthsynth: error: generate text2earth: {problem}", (option, err)
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_request_past_the_devices_memory_is_refused_with_the_estimate(tmp_path, text2earth_dir, monkeypatch,
+                                                                        capsys):
+    from earthsynth.jobs import generate
+
+    out = tmp_path / "out.png"
+    code, _, err = run("text2earth", text2earth_dir, ["--prompt", "trees", "--width", "60000", "--height", "60000",
+                                                      "--out", str(out)], capsys)
+    assert code == 1 and "\n" not in err and "1 image(s) of 60000x60000 px need about " in err
+    assert re.search(r"need about [\d.]+ GB \(samples [\d.]+ GB, model features [\d.]+ GB, output [\d.]+ GB\), "
+                     r"more than the [\d.]+ GB of cpu memory; ask for a smaller size or fewer images, or a --tile$", err)
+    # the limit is the device's memory: a request that fits is refused on a device that is too small
+    monkeypatch.setattr(generate, "device_memory", lambda device: 10**6)
+    code, _, err = run("text2earth", text2earth_dir, ["--prompt", "trees", "--num-images", "3", "--out", str(out)],
+                       capsys)
+    assert code == 1 and re.search(r"3 image\(s\) of \d+x\d+ px need about \d+ MB \(", err) and "than the 1 MB of cpu" in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_requests_csv_with_a_quote_never_closed_names_the_line(tmp_path, capsys):
+    requests = tmp_path / "requests.csv"
+    requests.write_text('prompt,seed\ntrees,1\n"open fields,2\nwater,3\n')
+    code = main(["generate", "text2earth", "--requests", str(requests), "--out", str(tmp_path / "out"),
+                 "--model", str(tmp_path / "no-model")])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and err == f"earthsynth: error: {requests}: line 3: a quote opened in this row is never closed"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["requests.csv"]

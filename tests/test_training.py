@@ -227,3 +227,22 @@ def test_ctrl_c_names_the_surviving_checkpoint_and_the_command_that_resumes(tmp_
     assert f"resumed from {step3} at step 3" in capsys.readouterr().out
     with (tmp_path / "run" / "metrics.csv").open() as f:
         assert [int(row["step"]) for row in csv.DictReader(f)] == [1, 2, 3, 4, 5, 6]
+
+
+def test_resume_latest_without_a_checkpoint_is_refused_and_auto_starts(tmp_path, capsys):
+    from earthsynth.cli import main
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "train": {**TINY["train"], "max_steps": 3}}))
+    run = tmp_path / "run"
+    assert main(["train", str(config), f"output_dir={run}", "--resume", "latest"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == (f"earthsynth: error: --resume latest: no checkpoint in {run / 'checkpoints'} to resume; start "
+                   "without --resume, or use --resume auto to resume only where there is one")
+    assert not run.exists()  # refused before any work
+    # auto: starts where there is no checkpoint, resumes where there is one
+    assert main(["train", str(config), f"output_dir={run}", "--resume", "auto"]) == 0
+    assert "resumed from" not in capsys.readouterr().out
+    assert main(["train", str(config), f"output_dir={run}", "train.max_steps=4", "--resume", "auto"]) == 0
+    assert f"resumed from {run / 'checkpoints' / 'step-000003'} at step 3" in capsys.readouterr().out
+    assert [c.name for c in list_checkpoints(run / "checkpoints")] == ["step-000003", "step-000004"]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from earthsynth import __version__
 from earthsynth.errors import InputError
+from earthsynth.weights import pickle_allowed
 
 # Subcommands in help order.
 COMMANDS = {
@@ -77,7 +78,7 @@ def interrupted_note(config, argv: list[str]) -> str:
 
     found = list_checkpoints(Path(config.output_dir) / "checkpoints")
     if not found:
-        if config.train.resume not in ("", "latest"):
+        if config.train.resume not in ("", "latest", "auto"):
             return f"earthsynth: interrupted; {config.train.resume} is still the checkpoint to resume: {shell_command(argv)}"
         return (f"earthsynth: interrupted before the first checkpoint (every {config.train.checkpoint_every} steps); "
                 f"start again with: {shell_command(argv)}")
@@ -120,23 +121,14 @@ def cmd_bench(args) -> int:
 
 
 def cmd_augment(args) -> int:
-    from earthsynth.config import apply_override, from_dict
+    from earthsynth.config import apply_override, from_dict, read_yaml_mapping
     from earthsynth.jobs.augment import AugmentConfig, run_augment
 
     if args.demo == bool(args.data):
         raise InputError("augment", "give either --data PATH --format FMT or --demo")
     if args.data and not args.format:
         raise InputError("augment", "--data needs --format (voc, coco, dota, yolo, yolo-obb or csv)")
-    tree: dict = {}
-    if args.config:
-        from pathlib import Path
-
-        import yaml
-
-        try:
-            tree = yaml.safe_load(Path(args.config).read_text()) or {}
-        except (OSError, yaml.YAMLError) as err:
-            raise InputError(args.config, f"cannot read the augment config ({str(err).splitlines()[0]})") from None
+    tree = read_yaml_mapping(args.config, "augment config") if args.config else {}
     for override in args.overrides:
         apply_override(tree, override)
     if args.demo:  # the bundled tiles, models and every output format
@@ -246,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = parsers["train"]
     p.add_argument("config", help="YAML run config, e.g. configs/smoke.yaml")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_steps=100")
-    p.add_argument("--resume", help="'latest' or a checkpoint folder")
+    p.add_argument("--resume", help="'latest' (refused when there is no checkpoint), 'auto' (the latest checkpoint "
+                                    "if there is one, else start) or a checkpoint folder")
     p.add_argument("--output-dir", help="overrides output_dir")
     p.set_defaults(func=cmd_train)
 
@@ -371,6 +364,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="coco", help="export: comma-separated coco, voc, dota, yolo, yolo-obb")
     p.add_argument("--splits", default="train,val,test", help="export: comma-separated train, val, test")
     p.set_defaults(func=cmd_data)
+
+    # the commands that load models read safetensors; pickled weights only when asked (earthsynth.weights)
+    for p in [*families.choices.values(), *(parsers[name] for name in ("augment", "denoise", "upscale", "train", "app"))]:
+        p.add_argument("--allow-pickle", action="store_true",
+                       help="also load pickled weights (.bin, .pt, .ckpt), which can run code: only files you trust")
     return parser
 
 
@@ -390,7 +388,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
-        return args.func(args)
+        with pickle_allowed(getattr(args, "allow_pickle", False)):
+            return args.func(args)
     except InputError as err:
         print(f"earthsynth: error: {err}", file=sys.stderr)
         return 1

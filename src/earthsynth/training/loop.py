@@ -107,11 +107,17 @@ def resolve_mixed_precision(configured: str) -> str:
 
 
 def resolve_resume(config: RunConfig) -> Path | None:
+    """The checkpoint train.resume names: "latest" (there must be one), "auto" (the latest if
+    there is one, else None: start), a checkpoint folder, or "" (None)."""
     resume = config.train.resume
     if not resume:
         return None
-    if resume == "latest":
-        found = list_checkpoints(Path(config.output_dir) / "checkpoints")
+    if resume in ("latest", "auto"):
+        checkpoints = Path(config.output_dir) / "checkpoints"
+        found = list_checkpoints(checkpoints)
+        if not found and resume == "latest":
+            raise InputError("--resume latest", f"no checkpoint in {checkpoints} to resume; start without --resume, "
+                                                "or use --resume auto to resume only where there is one")
         return found[-1] if found else None
     path = Path(resume)
     if not (path / "model.safetensors").exists():
@@ -159,6 +165,7 @@ def train(config: RunConfig, command: str = "", show_progress: bool = True) -> d
     config = dataclasses.replace(config, train=dataclasses.replace(config.train, mixed_precision=precision))
     tc = config.train
     output_dir = Path(config.output_dir)
+    resume_from = resolve_resume(config)
     # a second train() in the same process (tests, notebooks) may ask for other precision
     AcceleratorState._reset_state()
     # several processes but no GPU (torchrun, or `accelerate launch --multi_gpu` on a CPU
@@ -187,15 +194,12 @@ def train(config: RunConfig, command: str = "", show_progress: bool = True) -> d
     ema = EMA(unwrapped.trainable, tc.ema_decay) if tc.ema_decay > 0 else None
 
     rank, world = accelerator.process_index, accelerator.num_processes
-    if tc.num_workers < 0:
-        raise InputError("train.num_workers", f"must be 0 (load in the training process) or more, got {tc.num_workers}")
     batches_per_epoch = len(epoch_batches(len(dataset), tc.batch_size, tc.seed, 0, rank, world))
     if batches_per_epoch == 0:
         raise InputError(config.family, f"dataset has {len(dataset)} samples, fewer than batch_size x processes "
                                         f"= {tc.batch_size * world}")
 
     step, micro_step, seconds_before = 0, 0, 0.0
-    resume_from = resolve_resume(config)
     if resume_from is not None:
         counters = load_checkpoint(resume_from, unwrapped.trainable, ema, optimizer, lr_scheduler, rank)
         step, micro_step = counters["step"], counters["micro_step"]

@@ -29,6 +29,7 @@ from torch import nn
 
 from earthsynth.boxes import Boxes
 from earthsynth.errors import InputError
+from earthsynth.weights import use_safetensors
 
 BACKGROUND = "background"
 
@@ -151,8 +152,9 @@ def load_classifier(directory: str | Path) -> CropClassifier:
                                     "`earthsynth train configs/classifier.yaml` and pass its final/ folder")
     if f'"{CropClassifier.__name__}"' not in config_path.read_text():
         raise InputError(directory, f"config.json does not describe a {CropClassifier.__name__}")
+    safetensors = use_safetensors(directory)  # pickled weights refused unless allowed
     try:
-        model = CropClassifier.from_pretrained(directory)
+        model = CropClassifier.from_pretrained(directory, use_safetensors=safetensors)
     except (OSError, ValueError, RuntimeError) as err:
         raise InputError(directory, f"cannot load the classifier weights ({str(err).splitlines()[0]})") from None
     return model.eval()

@@ -36,6 +36,7 @@ from torch import nn
 from earthsynth.boxes import Boxes, normalize_angle
 from earthsynth.data.common import one_line
 from earthsynth.errors import InputError
+from earthsynth.weights import use_safetensors
 
 STRIDE = 4  # output map resolution relative to the input
 
@@ -221,10 +222,11 @@ def load_detector(directory) -> CompactDetector:
         raise InputError(config_file, f"cannot read: {one_line(err)}") from None
     if class_name != CompactDetector.__name__:
         raise InputError(path, f"not a detector checkpoint (config.json is for {class_name or 'an unknown class'})")
+    safetensors = use_safetensors(path)  # pickled weights refused unless allowed
     if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
         raise InputError(path, "not a detector checkpoint (no weights file)")
     try:
-        detector = CompactDetector.from_pretrained(path)
+        detector = CompactDetector.from_pretrained(path, use_safetensors=safetensors)
     except (OSError, ValueError, RuntimeError, KeyError, TypeError) as err:
         raise InputError(path, f"cannot load the detector: {one_line(err)}") from None
     return detector.eval()

@@ -30,6 +30,7 @@ from earthsynth.generation.ediffsr.model import EANet
 from earthsynth.generation.ediffsr.pipeline import EDiffSRPipeline
 from earthsynth.generation.ediffsr.scheduler import MeanRevertingScheduler
 from earthsynth.registry import Family
+from earthsynth.weights import use_safetensors
 
 DEGRADATIONS = ("bicubic", "blur_noise_jpeg", "mixed")
 
@@ -64,7 +65,7 @@ def build(config) -> dict:
         folder = Path(mc.init_from)
         if not (folder / "eanet" / "config.json").exists():
             raise InputError(folder, "not an exported ediffsr pipeline (no eanet/config.json)")
-        eanet = EANet.from_pretrained(folder / "eanet")
+        eanet = EANet.from_pretrained(folder / "eanet", use_safetensors=use_safetensors(folder / "eanet"))
         if (eanet.config.bands, eanet.config.scale) != (mc.bands, mc.scale):
             raise InputError(folder, f"its EANet takes {eanet.config.bands} bands at x{eanet.config.scale}, "
                                      f"the config asks for {mc.bands} bands at x{mc.scale}")

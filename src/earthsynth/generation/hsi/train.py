@@ -38,6 +38,7 @@ from earthsynth.generation.hsi.model import (
 )
 from earthsynth.generation.hsi.pipeline import HSIDenoisePipeline, normalisation
 from earthsynth.registry import Family
+from earthsynth.weights import use_safetensors
 
 
 @dataclass
@@ -152,7 +153,7 @@ def load_autoencoder(path: str) -> HSIAutoencoder:
     folder = folder / "autoencoder" if (folder / "autoencoder").is_dir() else folder
     if not (folder / "config.json").exists():
         raise InputError(folder, "not an exported hsi autoencoder (no config.json)")
-    return HSIAutoencoder.from_pretrained(folder)
+    return HSIAutoencoder.from_pretrained(folder, use_safetensors=use_safetensors(folder))
 
 
 def build(config) -> dict:
@@ -164,10 +165,11 @@ def build(config) -> dict:
         folder = Path(mc.init_from)
         if not (folder / "model_index.json").exists():
             raise InputError(folder, "not an exported hsi pipeline (no model_index.json)")
-        autoencoder = HSIAutoencoder.from_pretrained(folder / "autoencoder")
-        condition_encoder = HSIConditionEncoder.from_pretrained(folder / "condition_encoder")
-        denoiser = LatentDenoiser3D.from_pretrained(folder / "denoiser")
-        refiner = HSIRefiner.from_pretrained(folder / "refiner")
+        safetensors = use_safetensors(folder)  # pickled weights refused unless allowed
+        autoencoder = HSIAutoencoder.from_pretrained(folder / "autoencoder", use_safetensors=safetensors)
+        condition_encoder = HSIConditionEncoder.from_pretrained(folder / "condition_encoder", use_safetensors=safetensors)
+        denoiser = LatentDenoiser3D.from_pretrained(folder / "denoiser", use_safetensors=safetensors)
+        refiner = HSIRefiner.from_pretrained(folder / "refiner", use_safetensors=safetensors)
         if mc.detector_channels and not refiner.config.detector_channels:  # add a fresh detector
             settings = {k: v for k, v in refiner.config.items() if not k.startswith("_")}
             grown = HSIRefiner(**{**settings, "detector_channels": mc.detector_channels})
