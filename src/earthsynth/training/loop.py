@@ -33,6 +33,7 @@ from earthsynth.training.checkpoint import (
     atomic_directory,
     list_checkpoints,
     load_checkpoint,
+    prepare_output_dir,
     prune_checkpoints,
     save_checkpoint,
     save_rng,
@@ -165,6 +166,7 @@ def train(config: RunConfig, command: str = "", show_progress: bool = True) -> d
     config = dataclasses.replace(config, train=dataclasses.replace(config.train, mixed_precision=precision))
     tc = config.train
     output_dir = Path(config.output_dir)
+    prepare_output_dir(output_dir)  # before any work; a killed run's temporaries go
     resume_from = resolve_resume(config)
     # a second train() in the same process (tests, notebooks) may ask for other precision
     AcceleratorState._reset_state()
