@@ -293,3 +293,27 @@ def test_json_nested_beyond_reason_is_one_line(tmp_path, monkeypatch):
         read_dataset(tmp_path / "y", "yolo")
     assert_input_error(err, tmp_path / "y" / "data.yaml", "nested too deeply")
 
+
+def test_augment_refuses_outside_paths_unless_allowed(tmp_path, capsys, monkeypatch):
+    from earthsynth import cli
+    from earthsynth.jobs import augment
+
+    save_image(tmp_path / "elsewhere.png", 256, 256)
+    save_image(tmp_path / "data" / "a.png", 256, 256)
+    boxes = Boxes.from_xyxy([[10, 10, 40, 40]], ["Tree"])
+    write_coco(tmp_path / "data" / "train.json", [("a.png", 256, 256, boxes), ("../elsewhere.png", 256, 256, boxes)], CLASSES)
+    argv = ["augment", "--data", str(tmp_path / "data"), "--format", "coco", "--out", str(tmp_path / "out")]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "train.json: image id 2: image path '../elsewhere.png' leads outside" in err
+    assert not (tmp_path / "out").exists()
+
+    class Reached(Exception):
+        pass
+
+    def models_next(*args, **kwargs):  # the dataset was read: stop before the models load
+        raise Reached
+
+    monkeypatch.setattr(augment, "load_models", models_next)
+    with pytest.raises(Reached):
+        cli.main([*argv, "--allow-outside-paths"])

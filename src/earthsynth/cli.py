@@ -146,7 +146,8 @@ def cmd_augment(args) -> int:
             raise InputError(f"--per-class {item}", "expected NAME=N, e.g. --per-class Dead=200")
         tree.setdefault("per_class", {})[name] = int(count)
     config = from_dict(AugmentConfig, tree, args.config or "augment")
-    summary = run_augment(args.out, config, data=args.data, fmt=args.format, device=args.device, dtype=args.dtype)
+    summary = run_augment(args.out, config, data=args.data, fmt=args.format, device=args.device, dtype=args.dtype,
+                          allow_outside_paths=args.allow_outside_paths)
     if summary:
         print(f"{summary['accepted']} of {summary['candidates']} candidates accepted "
               f"({summary['timing']['total_s']} s) -> {args.out}: {', '.join(config.out_formats)}, manifest.jsonl, report.html")
@@ -292,6 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--demo", action="store_true", help="the bundled real tiles and default models, 32 images")
     p.add_argument("--data", help="the real labelled dataset (folder, or a COCO json / deepforest csv)")
     p.add_argument("--format", help="its format: voc, coco, dota, yolo, yolo-obb, csv")
+    p.add_argument("--allow-outside-paths", action="store_true",
+                   help="let image paths in its annotation files lead outside its folder (absolute, or ..)")
     p.add_argument("--out", required=True, help="output folder; rerunning with the same folder resumes")
     p.add_argument("--num-images", type=int, help="accepted images to write (default 64, --demo 32)")
     p.add_argument("--per-class", action="append", metavar="NAME=N",
