@@ -77,3 +77,26 @@ def test_a_failed_export_leaves_nothing(tmp_path):
             writer.add("train", "a", pixels, Boxes.from_xyxy([[1, 1, 9, 9]], ["Tree"]))
             writer.add("train", "b", pixels, Boxes.from_xyxy([[1, 1, 9, 9]], ["Car"]))
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("option, value, words", [
+    ("tile_size", 0, ["--tile-size", "0 given", "at least 10 px"]),
+    ("tile_size", -256, ["--tile-size", "-256 given"]),
+    ("tile_size", 5000, ["--tile-size", "5000 px: no tile fits"]),
+    ("min_visible", float("nan"), ["--min-visible", "nan given"]),
+    ("min_visible", 2.0, ["--min-visible", "2.0 given"]),
+])
+def test_export_refuses_impossible_tiles_before_writing(tmp_path, option, value, words):
+    kwargs = {"tile_size": 200, "min_visible": 0.5, option: value}
+    with pytest.raises(InputError) as err:
+        export_real_tiles(tmp_path / "out", ["yolo"], ["val"], **kwargs)
+    assert all(word in str(err.value) for word in words), str(err.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_empty_yolo_dataset_still_has_its_layout(tmp_path):
+    # an augment run that accepted no image writes an empty dataset, not an error
+    with DatasetWriter(tmp_path / "yolo", "yolo", ["Tree"]):
+        pass
+    assert yaml.safe_load((tmp_path / "yolo" / "data.yaml").read_text())["train"] == "images/train"
+    assert read_dataset(tmp_path / "yolo", "yolo") == []

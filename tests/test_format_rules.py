@@ -317,3 +317,13 @@ def test_augment_refuses_outside_paths_unless_allowed(tmp_path, capsys, monkeypa
     monkeypatch.setattr(augment, "load_models", models_next)
     with pytest.raises(Reached):
         cli.main([*argv, "--allow-outside-paths"])
+
+
+def test_csv_infinite_coordinate_is_one_line_without_warnings(tmp_path):
+    path = tmp_path / "boxes.csv"
+    path.write_text("image_path,xmin,ymin,xmax,ymax,label\na.png,1,1,inf,9,Tree\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's RuntimeWarning on inf - inf would be a second line
+        with pytest.raises(InputError) as err:
+            read_box_csv(path)
+    assert_input_error(err, path, "line 2", "not finite")

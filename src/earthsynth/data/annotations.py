@@ -83,6 +83,8 @@ def read_box_csv(csv_path: str | os.PathLike, class_names: Sequence[str] | None 
             xyxy = [float(row[column[k]]) for k in ("xmin", "ymin", "xmax", "ymax")]
         except ValueError:
             raise InputError(csv_path, f"line {number}: xmin, ymin, xmax, ymax must be numbers") from None
+        if not np.all(np.isfinite(xyxy)):  # before any arithmetic on them (numpy would warn)
+            raise InputError(csv_path, f"line {number}: a coordinate is not finite")
         items = per_image.setdefault(image, [])
         if xyxy == [0.0, 0.0, 0.0, 0.0]:
             continue  # an image with no objects

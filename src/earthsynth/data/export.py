@@ -28,6 +28,7 @@ from earthsynth.data.yolo import write_yolo, write_yolo_data_yaml
 from earthsynth.errors import InputError
 
 EXPORT_FORMATS = ("coco", "voc", "dota", "yolo", "yolo-obb")
+MIN_TILE_SIZE = 10  # ultralytics drops an image under 10 x 10 px as corrupt
 
 
 class DatasetWriter:
@@ -90,6 +91,9 @@ class DatasetWriter:
             for split, ids in self.ids.items():
                 (self.tmp / "ImageSets" / "Main" / f"{split}.txt").write_text("".join(i + "\n" for i in ids))
         elif self.fmt in ("yolo", "yolo-obb"):
+            if not self.ids:  # no image (an augment run that accepted none): an empty train split
+                for kind in ("images", "labels"):
+                    (self.tmp / kind / "train").mkdir(parents=True)
             write_yolo_data_yaml(self.tmp, self.class_names)  # lists the images/<split> folders written
         if self.out.exists():
             self.out.rmdir()  # checked empty in __init__
@@ -117,7 +121,15 @@ def export_real_tiles(out: str | Path, formats: list[str], splits: list[str], ti
 
     out = Path(out)
     check_output_folder(out, "--out")
+    if not tile_size >= MIN_TILE_SIZE:
+        raise InputError("--tile-size", f"{tile_size} given; tiles need at least {MIN_TILE_SIZE} px "
+                         "(ultralytics drops smaller images)")
+    if not 0.0 <= min_visible <= 1.0:  # NaN fails this too
+        raise InputError("--min-visible", f"{min_visible} given; a fraction of a box, 0 to 1")
     tiles = {split: RealTiles(split, tile_size=tile_size, min_visible=min_visible) for split in splits}
+    if not any(len(dataset) for dataset in tiles.values()):
+        raise InputError("--tile-size", f"{tile_size} px: no tile fits in the images of the {', '.join(splits)} "
+                         "split(s); choose a smaller one")
     class_names = sorted({name for dataset in tiles.values() for name in dataset.class_names})
     written = {}
     for fmt in formats:
