@@ -147,3 +147,22 @@ def test_image_larger_than_trained_is_a_tiled_scene_by_default(tmp_path, sd_fold
     default = pipe("a forest", generator=torch.Generator().manual_seed(0), **kwargs).images
     tiled = pipe("a forest", generator=torch.Generator().manual_seed(0), tile=32, **kwargs).images
     np.testing.assert_array_equal(default, tiled)
+
+
+def test_aerogen_trains_in_latent_space_with_the_layout_on_the_latent_grid(tmp_path, sd_folder):
+    config = load_config("configs/aerogen.yaml", [
+        f"output_dir={tmp_path / 'run'}", f"model.vae={sd_folder}", "model.block_out_channels=[16,32]",
+        "model.attention_levels=1", "model.attention_head_dim=8", "model.preview_steps=2", "data.tile_size=32",
+        "data.overlap=8", "data.gsd_factors=[8]", "train.max_steps=2", "train.batch_size=2", "train.checkpoint_every=2",
+        "train.log_every=1"])
+    train(config)
+    from earthsynth.generation.aerogen import AeroGenPipeline
+
+    pipe = AeroGenPipeline.from_pretrained(tmp_path / "run" / "final")
+    assert pipe.vae_scale_factor == 2 and pipe.unet.config.sample_size == 16
+    out = pipe("trees", boxes=[[4, 4, 20, 20]], labels=["Tree"], height=32, width=32, num_inference_steps=2,
+               output_type="np").images
+    assert out.shape == (1, 32, 32, 3)
+    latents = pipe("trees", boxes=[[4, 4, 20, 20]], labels=["Tree"], height=32, width=32,
+                   num_inference_steps=2, output_type="latent").images
+    assert latents.shape == (1, 4, 16, 16)

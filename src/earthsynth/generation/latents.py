@@ -121,7 +121,7 @@ def load_family_vae(model_config):
     folder of `pretrained`), or None for pixel mode."""
     from earthsynth.generation.autoencoder.model import load_autoencoder
 
-    folder = model_config.vae or model_config.pretrained
+    folder = model_config.vae or getattr(model_config, "pretrained", "")
     if not folder:
         return None
     vae = load_autoencoder(folder)

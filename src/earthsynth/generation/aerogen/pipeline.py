@@ -39,6 +39,7 @@ from earthsynth.generation.common import (
     repeat_per_image,
     step_callback,
 )
+from earthsynth.generation.latents import decode, downsampling
 
 MAX_TEXT_TOKENS = 32  # prompt length of the pipeline (the model config's max_text_tokens default)
 
@@ -132,12 +133,13 @@ class AeroGenPipeline(TextModelMixin, DiffusionPipeline):
     eps = e(neg, -) + s_text * (e(text, -) - e(neg, -)) + s_layout * (e(text, layout) - e(text, -)).
     """
 
-    model_cpu_offload_seq = "unet"
+    model_cpu_offload_seq = "unet->vae"
+    _optional_components = ["vae"]
     _callback_tensor_inputs = ["latents"]
 
-    def __init__(self, unet, layout_encoder, scheduler, text_model: str = ""):
+    def __init__(self, unet, layout_encoder, scheduler, vae=None, text_model: str = ""):
         super().__init__()
-        self.register_modules(unet=unet, layout_encoder=layout_encoder, scheduler=scheduler)
+        self.register_modules(unet=unet, layout_encoder=layout_encoder, scheduler=scheduler, vae=vae)
         # the text encoder is not part of the checkpoint (the bundled one is 90 MB): it is
         # named by its folder, "" being the bundled MiniLM (TextModelMixin loads it)
         self.register_to_config(text_model=text_model)
@@ -146,7 +148,7 @@ class AeroGenPipeline(TextModelMixin, DiffusionPipeline):
     def check_inputs(self, prompts, layouts, height, width, num_inference_steps, guidance_scale,
                      layout_guidance_scale=None, negative_prompt=None, prompt_embeds=None, negative_prompt_embeds=None,
                      prompt_attention_mask=None, negative_prompt_attention_mask=None):
-        multiple = 2 ** (len(self.unet.config.block_out_channels) - 1)
+        multiple = 2 ** (len(self.unet.config.block_out_channels) - 1) * self.vae_scale_factor
         if not (isinstance(height, Integral) and isinstance(width, Integral)) or height % multiple \
                 or width % multiple or height < multiple or width < multiple:
             raise ValueError(f"height and width must be positive multiples of {multiple}, got {height}x{width}")
@@ -267,8 +269,15 @@ class AeroGenPipeline(TextModelMixin, DiffusionPipeline):
         return [torch.cat(tensors) for tensors in zip(*(parts[name] for name in passes))]
 
     # 3. noise
+    @property
+    def vae_scale_factor(self) -> int:
+        """Image pixels per latent pixel (1 in pixel mode)."""
+        return downsampling(getattr(self, "vae", None))
+
     def prepare_latents(self, batch: int, height: int, width: int, generator, latents=None) -> torch.Tensor:
-        shape = (batch, self.unet.config.out_channels, height, width)
+        """Noise on the latent grid of a height x width image."""
+        f = self.vae_scale_factor
+        shape = (batch, self.unet.config.out_channels, height // f, width // f)
         return prepare_latents(shape, generator, self._execution_device, self.unet.dtype,
                                self.scheduler.init_noise_sigma, latents)
 
@@ -303,7 +312,7 @@ class AeroGenPipeline(TextModelMixin, DiffusionPipeline):
     ) -> AeroGenPipelineOutput | tuple:
         """Returns AeroGenPipelineOutput(images, layouts), or the tuple (images, layouts) with
         return_dict=False. output_type: "pil", "np", "pt" or "latent" (the last denoised
-        sample, here pixels in [-1, 1]). cross_attention_kwargs reach every attention
+        sample: scaled latents with a VAE, else pixels in [-1, 1]). cross_attention_kwargs reach every attention
         processor; `layout_scale` multiplies the layout attention (1 = as trained)."""
         # 1. check and normalise the request
         callback_names = callback_tensor_names(callback_on_step_end, callback_on_step_end_tensor_inputs or ["latents"],
@@ -325,8 +334,9 @@ class AeroGenPipeline(TextModelMixin, DiffusionPipeline):
             negative_prompt, prompt_embeds, negative_prompt_embeds, prompt_attention_mask,
             negative_prompt_attention_mask)
         stacked = self.guidance_inputs(passes, text, negative_text, text_mask, negative_mask, layouts, height, width)
-        # the layout is the same in every step: rasterise and pool it once
-        layout_inputs = self.unet.prepare_layout(stacked[2], stacked[3], stacked[4], height, width)
+        # the layout is the same in every step: rasterise (on the latent grid) and pool it once
+        f = self.vae_scale_factor
+        layout_inputs = self.unet.prepare_layout(stacked[2], stacked[3], stacked[4], height // f, width // f)
 
         # 3. noise and timesteps
         self.scheduler.set_timesteps(num_inference_steps, device=device)
@@ -341,7 +351,11 @@ class AeroGenPipeline(TextModelMixin, DiffusionPipeline):
             latents = step_callback(self, callback_on_step_end, callback_names, i, t, {"latents": latents})["latents"]
 
         # 5. output
-        images = latents if output_type == "latent" else images_for_output(latents, output_type)
+        if output_type == "latent":
+            images = latents
+        else:
+            images = images_for_output(decode(getattr(self, "vae", None), latents, tile=self.unet.config.sample_size),
+                                       output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
             return images, layouts

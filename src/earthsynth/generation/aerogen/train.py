@@ -3,9 +3,9 @@ FAMILY (text + horizontal and rotated boxes with classes -> image, after AeroGen
 
 Trained with `earthsynth train configs/aerogen.yaml` on the real labelled tiles; text and
 layout are dropped independently (and together) in training, so the pipeline can guide on
-the layout itself. Pixel space at the working size (64 px at 0.2 m/px): at that size a VAE
-would leave a 16x16 latent for objects of 8-35 px, so small crowns would live in one or two
-latent cells; a pixel UNet of this size costs about 35 GFLOP per training batch of 16.
+the layout itself. Latent mode (`model.vae`, an exported autoencoder) trains on the tiles'
+cached latents, with the layout's masks and canvas rasterised on the latent grid; without a
+VAE the UNet works on pixels (the bundled 64 px model at 0.2 m/px).
 """
 
 from __future__ import annotations
@@ -25,6 +25,12 @@ from earthsynth.errors import InputError
 from earthsynth.generation.aerogen.model import AeroGenUNet
 from earthsynth.generation.aerogen.pipeline import AeroGenPipeline, encode_layouts, encode_text
 from earthsynth.generation.common import to_pil
+from earthsynth.generation.latents import (
+    downsampling,
+    latent_cache,
+    load_family_vae,
+    upsample_nearest,
+)
 from earthsynth.generation.metadata_unet import unet_block_types
 from earthsynth.registry import Family
 from earthsynth.training.objective import DiffusionObjective, make_noise_scheduler
@@ -42,6 +48,7 @@ class AeroGenModelConfig:
     max_objects: int = 32  # layout slots; tiles with more boxes keep their largest
     layout_frequencies: int = 8
     text_encoder: str = ""  # "" = bundled MiniLM; or a local transformers / Stable Diffusion directory
+    vae: str = ""  # latent mode: an exported autoencoder (or a Stable Diffusion folder's vae/); "" = pixels
     max_text_tokens: int = 32
     text_dropout: float = 0.1
     layout_dropout: float = 0.1
@@ -57,8 +64,11 @@ def build(config) -> dict:
         down, up = unet_block_types(len(channels), mc.attention_levels)
     except ValueError as err:
         raise InputError("model.attention_levels", str(err)) from None
+    vae = load_family_vae(mc)
+    latent_channels = 3 if vae is None else vae.config.latent_channels
     unet = AeroGenUNet(
-        sample_size=config.data.tile_size, block_out_channels=channels, down_block_types=down, up_block_types=up,
+        sample_size=config.data.tile_size // downsampling(vae), in_channels=latent_channels,
+        out_channels=latent_channels, block_out_channels=channels, down_block_types=down, up_block_types=up,
         layers_per_block=mc.layers_per_block, attention_head_dim=mc.attention_head_dim,
         cross_attention_dim=text.dim, layout_dim=text.dim, use_canvas=mc.use_canvas,
     )
@@ -68,6 +78,8 @@ def build(config) -> dict:
     return {
         "unet": unet,
         "layout_encoder": layout_encoder,
+        "vae": vae,
+        "latents": latent_cache(vae, config, dataset(config)),
         "text": text,
         "noise_scheduler": noise_scheduler,
         "objective": DiffusionObjective(noise_scheduler, config.objective.snr_gamma),
@@ -104,12 +116,17 @@ def conditions(components: dict, boxes: list[Boxes], captions: list[str], drops:
 
 def loss(components: dict, batch: dict) -> torch.Tensor:
     unet, config = components["unet"], components["config"]
-    images = batch["image"]
+    images = batch["image"] * 2 - 1  # [0, 1] -> [-1, 1]
+    height, width = images.shape[-2:]  # the boxes' pixels
+    factor = 1
+    if components["latents"] is not None:  # latents, repeated to image resolution so boxes flip with them
+        latents = components["latents"].sample(batch["image"])
+        factor = height // latents.shape[-2]
+        images = upsample_nearest(latents, factor)
     boxes = [keep_largest(b, config.model.max_objects) for b in batch["boxes"]]
     if config.data.hflip:
         images, boxes = random_flips(images, boxes)
-    images = images.to(unet.device) * 2 - 1  # [0, 1] -> [-1, 1]
-    height, width = images.shape[-2:]
+    images = images[..., ::factor, ::factor].to(unet.device)
     drops = components["dropout"].sample(images.shape[0])
     condition = conditions(components, boxes, batch["caption"], drops, height, width)
 
@@ -122,7 +139,7 @@ def loss(components: dict, batch: dict) -> torch.Tensor:
 def make_pipeline(components: dict) -> AeroGenPipeline:
     scheduler = DPMSolverMultistepScheduler.from_config(components["noise_scheduler"].config)
     pipe = AeroGenPipeline(unet=components["unet"], layout_encoder=components["layout_encoder"], scheduler=scheduler,
-                           text_model=components["config"].model.text_encoder)
+                           vae=components["vae"], text_model=components["config"].model.text_encoder)
     pipe.set_text_conditioner(components["text"])
     pipe.set_progress_bar_config(disable=True)
     return pipe
