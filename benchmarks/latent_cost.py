@@ -89,7 +89,7 @@ def main() -> None:
                                 args.repeats)
             t_loop = best_time(lambda: latent(height=size, width=size, output_type="latent", **common), args.repeats)
             latents = latent(height=size, width=size, output_type="latent", **common).images
-            t_decode = best_time(lambda: decode(vae, latents), args.repeats)
+            t_decode = best_time(lambda latents=latents: decode(vae, latents), args.repeats)
             t_sd = best_time(lambda: sd(prompt_embeds=embeds, negative_prompt_embeds=negative, height=size,
                                         width=size, num_inference_steps=args.steps, guidance_scale=4.0,
                                         output_type="latent"), args.repeats)
