@@ -48,7 +48,8 @@ class LossModule(nn.Module):
     def __init__(self, family: Family, components: dict):
         super().__init__()
         self.family = family
-        self.trainable = nn.ModuleDict({name: components[name] for name in family.trainable})
+        # a trainable name a run does not build (an optional part, e.g. a discriminator) is skipped
+        self.trainable = nn.ModuleDict({name: components[name] for name in family.trainable if name in components})
         self.frozen = {k: v for k, v in components.items() if k not in family.trainable}
 
     def components(self) -> dict:
