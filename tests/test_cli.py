@@ -80,3 +80,13 @@ def test_data_export_from_the_command_line(tmp_path, capsys):
     assert "exists and is not empty" in capsys.readouterr().err
     assert main(["data", "export", "--out", str(tmp_path / "other"), "--format", "cocoa"]) == 1
     assert capsys.readouterr().err.strip() == "earthsynth: error: --format: cocoa given; choose from coco, voc, dota, yolo, yolo-obb"
+
+
+@pytest.mark.parametrize("option, value, problem", [("--tile-size", "0", "must be at least 1, got 0"),
+                                                    ("--min-visible", "nan", "must be in [0, 1], got nan"),
+                                                    ("--min-visible", "2", "must be in [0, 1], got 2.0")])
+def test_data_options_out_of_range_are_one_line(tmp_path, capsys, option, value, problem):
+    for action in (["summary"], ["export", "--out", str(tmp_path / "ds")]):
+        assert main(["data", *action, option, value]) == 1
+        assert capsys.readouterr().err.strip() == f"earthsynth: error: {option}: {problem}"
+    assert not (tmp_path / "ds").exists()

@@ -270,7 +270,8 @@ def test_sizes_steps_and_scales_are_checked_before_the_model_loads(tmp_path, cap
              ("--width", "100000"): "width must be in [1, 65536], got 100000",
              ("--tile", "0"): "tile must be in [1, 65536], got 0",
              ("--steps", "0"): "steps must be at least 1, got 0",
-             ("--num-images", "0"): "num_images must be at least 1, got 0",
+             ("--num-images", "0"): "num_images must be in [1, 10000], got 0",
+             ("--num-images", "1000000000"): "num_images must be in [1, 10000], got 1000000000",
              ("--seed", "-1"): "seed must be in [0, 4294967295], got -1",
              ("--guidance", "nan"): "guidance nan is not a finite number",
              ("--guidance", "-2"): "guidance must be at least 0, got -2"}
@@ -280,6 +281,12 @@ def test_sizes_steps_and_scales_are_checked_before_the_model_loads(tmp_path, cap
         err = capsys.readouterr().err.strip()
         assert code == 1 and err == f"earthsynth: error: generate text2earth: {problem}", (option, err)
     assert not list(tmp_path.iterdir())
+    (tmp_path / "taken.png").mkdir()
+    assert main(["generate", "text2earth", "--prompt", "trees", "--out", str(tmp_path / "taken.png"),
+                 "--model", str(tmp_path / "no-model")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"earthsynth: error: {tmp_path / 'taken.png'}: is a folder; name an output file (.png, .jpg or .tif)"
+    assert [p.name for p in tmp_path.iterdir()] == ["taken.png"] and not list((tmp_path / "taken.png").iterdir())
 
 
 def test_a_request_past_the_devices_memory_is_refused_with_the_estimate(tmp_path, text2earth_dir, monkeypatch,
@@ -290,7 +297,7 @@ def test_a_request_past_the_devices_memory_is_refused_with_the_estimate(tmp_path
     code, _, err = run("text2earth", text2earth_dir, ["--prompt", "trees", "--width", "60000", "--height", "60000",
                                                       "--out", str(out)], capsys)
     assert code == 1 and "\n" not in err and "1 image(s) of 60000x60000 px need about " in err
-    assert re.search(r"need about [\d.]+ GB \(samples [\d.]+ GB, model features [\d.]+ GB, output [\d.]+ GB\), "
+    assert re.search(r"need about [\d.]+ GB \(samples [\d.]+ GB, model features [\d.]+ [MG]B, output [\d.]+ GB\), "
                      r"more than the [\d.]+ GB of cpu memory; ask for a smaller size or fewer images, or a --tile$", err)
     # the limit is the device's memory: a request that fits is refused on a device that is too small
     monkeypatch.setattr(generate, "device_memory", lambda device: 10**6)
@@ -308,3 +315,29 @@ def test_a_requests_csv_with_a_quote_never_closed_names_the_line(tmp_path, capsy
     err = capsys.readouterr().err.strip()
     assert code == 1 and err == f"earthsynth: error: {requests}: line 3: a quote opened in this row is never closed"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["requests.csv"]
+
+
+def test_the_memory_estimate_follows_the_latent_grid_and_the_tiles():
+    """With a VAE the samples live on the latent grid (f x f times fewer values) and an image
+    larger than the trained size is denoised and decoded in tiles: the model's share stays."""
+    from diffusers import DDIMScheduler
+
+    from earthsynth.generation.autoencoder import build_autoencoder
+    from earthsynth.generation.metadata_unet import MetadataUNet
+    from earthsynth.generation.text2earth import Text2EarthPipeline
+    from earthsynth.jobs.generate import Job, Request, memory_needed
+
+    unet = MetadataUNet(sample_size=16, in_channels=4, out_channels=4, block_out_channels=(8, 16),
+                        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=8, scalar_fields=("gsd",))
+    pipe = Text2EarthPipeline(unet=unet, scheduler=DDIMScheduler(), vae=build_autoencoder([8, 16], sample_size=32))
+    assert pipe.vae_scale_factor == 2
+
+    def parts(side: int) -> dict:
+        request = Request(source="test", line=None, prompt="trees", out=Path("out.png"), width=side, height=side)
+        return memory_needed(pipe, "text2earth", request, Job({"height": side, "width": side}))
+
+    small, large = parts(256), parts(512)
+    assert small["samples"] == 4 * 128 * 128 * 4 * (2 * 2 + 4)  # 4 latent channels on the 128 x 128 grid, 2 passes
+    assert large["samples"] == 4 * small["samples"] and large["output"] == 4 * small["output"]
+    assert large["model features"] == small["model features"] and large["decoder features"] == small["decoder features"]

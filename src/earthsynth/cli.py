@@ -28,6 +28,10 @@ COMMANDS = {
 
 
 def cmd_data(args) -> int:
+    from earthsynth.config import LIMITS
+
+    LIMITS["tile_size"].check(args.tile_size, "--tile-size")
+    LIMITS["min_visible"].check(args.min_visible, "--min-visible")
     if args.action == "summary":
         from earthsynth.data.summary import render_summary
 
@@ -255,14 +259,15 @@ def build_parser() -> argparse.ArgumentParser:
                                           "the options here are every row's defaults")
         p.add_argument("--model", help=f"{family} pipeline folder (default: the bundled one)")
         p.add_argument("--gsd", type=float, help="ground sample distance, metres per pixel")
-        p.add_argument("--width", type=int, help="pixels, a multiple of the model's stride (default: the model's tile, "
-                                                 "or the --reference / --image size)")
+        p.add_argument("--width", type=int, help="pixels, a multiple of the model's stride, at most 65536 (default: the "
+                                                 "model's tile, or the --reference / --image size); a request that would "
+                                                 "need more memory than the device has is refused, with the estimate")
         p.add_argument("--height", type=int, help="pixels, as --width")
         p.add_argument("--steps", type=int, help="denoising steps (default 20)")
         p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default 4.0)")
         p.add_argument("--negative", help="negative prompt")
         p.add_argument("--seed", type=int, help="image k is drawn from seed + k (default 0)")
-        p.add_argument("--num-images", type=int, help="images per request, named OUT_0000, OUT_0001... (default 1)")
+        p.add_argument("--num-images", type=int, help="images per request, named OUT_0000, OUT_0001... (default 1, at most 10000)")
         add_device_options(p)
         p.set_defaults(func=cmd_generate)
     p = families.choices["text2earth"]

@@ -277,7 +277,7 @@ T2E_CASES = [
     case("generate-text2earth-out-folder-missing", t2e(out=lambda tmp: tmp / "missing" / "gen.png", names="gen.png",
                                                        words=("does not exist",))),
     case("generate-text2earth-out-is-a-folder", t2e(out=a_folder_named("gen.png"), names="gen.png",
-                                                    words=(("folder", "directory"),)), xfail=UNASSIGNED_OUT),
+                                                    words=(("folder", "directory"),))),
     case("generate-text2earth-tile-0", t2e("--tile", "0", names=SOURCE, words=("tile",))),
     case("generate-text2earth-overlap-negative", t2e("--tile", "64", "--overlap", "-8", names=SOURCE, words=("overlap",))),
     case("generate-text2earth-image-without-mask", t2e("--image", image_file("scene.png"), names=SOURCE,

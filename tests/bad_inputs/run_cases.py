@@ -157,17 +157,16 @@ def exported_before(tmp):
     return tmp / "ds"
 
 
-EXPORT = "unassigned (data export): --tile-size / --min-visible out of range end in a ValueError traceback"
 EXPORT_CASES = [
     case("export-without-out", export(out=False, names="data export", words=("needs --out",))),
     case("export-format-unknown", export("--format", "cocoa", names="--format", words=("cocoa", "choose from"))),
     case("export-format-empty", export("--format", ",", names="--format", words=("nothing given",))),
     case("export-split-unknown", export("--splits", "holdout", names="--split", words=("holdout",))),
     case("export-out-not-empty", export(out=exported_before, names="coco", words=("not empty",))),
-    case("export-tile-size-0", export("--tile-size", "0", names="--tile-size", words=("tile",)), xfail=EXPORT),
-    case("export-tile-size-negative", export("--tile-size", "-256", names="--tile-size", words=("tile",)), xfail=EXPORT),
-    case("export-min-visible-nan", export("--min-visible", "nan", names="--min-visible", words=("min",)), xfail=EXPORT),
-    case("export-min-visible-above-1", export("--min-visible", "2", names="--min-visible", words=("min",)), xfail=EXPORT),
+    case("export-tile-size-0", export("--tile-size", "0", names="--tile-size", words=("tile",))),
+    case("export-tile-size-negative", export("--tile-size", "-256", names="--tile-size", words=("tile",))),
+    case("export-min-visible-nan", export("--min-visible", "nan", names="--min-visible", words=("min",))),
+    case("export-min-visible-above-1", export("--min-visible", "2", names="--min-visible", words=("min",))),
     case("export-out-is-a-file", export(out=a_file, names="taken.txt", words=(("not a folder", "is a file"),))),
     case("export-out-under-a-file", export(out=lambda tmp: a_file(tmp) / "ds", names="taken.txt",
                                            words=(("not a folder", "is a file"),))),

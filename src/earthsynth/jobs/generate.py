@@ -64,10 +64,11 @@ NUMBER_FIELDS = ("gsd", "guidance", "gsd_guidance", "condition_guidance", "year"
                  "lat", "lon")
 PATH_FIELDS = ("image", "mask", "reference", *MAP_FILES)
 MAX_SIDE = 65_536  # pixels: past this a width, height or tile is refused before the model loads
+MAX_IMAGES = 10_000  # per request: outputs are numbered OUT_0000 to OUT_9999
 SIDE = Range(1, MAX_SIDE)
-LIMITS = {"width": SIDE, "height": SIDE, "tile": SIDE, "overlap": NON_NEGATIVE, "steps": COUNT, "num_images": COUNT,
-          "seed": SEED, "gsd": POSITIVE, "guidance": NON_NEGATIVE, "gsd_guidance": NON_NEGATIVE,
-          "condition_guidance": NON_NEGATIVE}
+LIMITS = {"width": SIDE, "height": SIDE, "tile": SIDE, "overlap": NON_NEGATIVE, "steps": COUNT,
+          "num_images": Range(1, MAX_IMAGES), "seed": SEED, "gsd": POSITIVE, "guidance": NON_NEGATIVE,
+          "gsd_guidance": NON_NEGATIVE, "condition_guidance": NON_NEGATIVE}
 
 
 def input_error(source, line: int | None, err: Exception) -> InputError:
@@ -451,20 +452,33 @@ def make_job(pipe, family: str, request: Request) -> Job:
     return job
 
 
+def feature_bytes(config, pixels: int) -> int:
+    """About the bytes of a UNet's (or a VAE decoder's) feature maps on `pixels` pixels of one
+    image: each level keeps layers_per_block + 1 skip connections and works on about one more
+    map, at a quarter of the pixels of the level above."""
+    per_pixel = sum(c * (config.layers_per_block + 2) / 4**level for level, c in enumerate(config.block_out_channels))
+    return int(per_pixel * pixels * 4)
+
+
 def memory_needed(pipe, family: str, request: Request, job: Job) -> dict[str, int]:
-    """About how many bytes a request takes at its peak, by part: the samples with the guidance
-    passes' copies and the scheduler's temporaries (whole image, float32); the UNet's feature
-    maps on one window (the tile, else the whole image); the output images."""
+    """About how many bytes a request takes at its peak, by part: the samples on the latent grid
+    with the guidance passes' copies and the scheduler's and the tiles' temporaries (float32);
+    the UNet's feature maps on one window (the tile the pipeline uses, else the whole grid); a
+    VAE decoder's on one decoded tile; the output images (float32 copies, then 8-bit)."""
     height, width = job.kwargs["height"], job.kwargs["width"]
     images, config = request.num_images, pipe.unet.config
     condition_scale = request.gsd_guidance if family == "text2earth" else request.condition_guidance
     passes = len(guidance_passes(request.guidance, condition_scale))
-    window = min(request.tile or height, height) * min(request.tile or width, width)
-    # each level keeps layers_per_block + 1 skip connections and works on about one more map
-    features = sum(c * (config.layers_per_block + 2) / 4**level for level, c in enumerate(config.block_out_channels))
-    return {"samples": images * config.out_channels * height * width * 4 * (2 * passes + 4),
-            "model features": int(images * passes * window * features * 4),
-            "output": images * height * width * 3 * 6}  # float32, then 8-bit pixels and their copy
+    grid_h, grid_w, tile, *_ = pipe.latent_inputs(height, width, request.tile, request.overlap, None, None)
+    window = min(tile or grid_h, grid_h) * min(tile or grid_w, grid_w)
+    parts = {"samples": images * config.out_channels * grid_h * grid_w * 4 * (2 * passes + 4),
+             "model features": images * passes * feature_bytes(config, window)}
+    vae = getattr(pipe, "vae", None)
+    if vae is not None:  # decoded in tiles of the trained size
+        f, trained = pipe.vae_scale_factor, config.sample_size
+        parts["decoder features"] = images * feature_bytes(vae.config, min(grid_h, trained) * min(grid_w, trained) * f * f)
+    parts["output"] = images * height * width * 3 * (4 * 3 + 2)
+    return parts
 
 
 def device_memory(device: torch.device) -> int:
@@ -534,6 +548,10 @@ def generate_files(family: str, fields: dict, out, requests_file=None, model_dir
             raise input_error(source, None, err) from None
         if not out.parent.is_dir():
             raise InputError(out, f"output folder {out.parent} does not exist")
+    for request in requests:
+        for target in request.outputs():
+            if target.is_dir():
+                raise InputError(target, "is a folder; name an output file (.png, .jpg or .tif)")
 
     pipe = load_pipeline(family, model_dir, device, dtype)
     for request in requests:
