@@ -18,9 +18,11 @@ which fails, and its mark is then removed).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -85,6 +87,27 @@ def block_the_work(monkeypatch):
     monkeypatch.setattr(evaluate, "train_and_score", reach("evaluate: training the detectors"))
 
 
+@contextlib.contextmanager
+def memory_cap(extra: int = 4 << 30):
+    """At most `extra` more bytes of address space while a case runs (Linux): a size check that
+    regresses (100000 px, 10^9 images) then fails as a MemoryError instead of calling the
+    machine's OOM killer on the whole test run."""
+    if sys.platform != "linux":
+        yield
+        return
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    with open("/proc/self/statm") as f:
+        used = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    cap = used + extra if hard == resource.RLIM_INFINITY else min(used + extra, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
 def snapshot(root: Path) -> dict[str, str]:
     """Every file and folder under root (hidden ones too) -> a hash of its content."""
     found = {}
@@ -107,7 +130,7 @@ def test_bad_input_is_one_line_and_writes_nothing(make, tmp_path, monkeypatch, c
     capsys.readouterr()
 
     try:
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings(record=True) as caught, memory_cap():
             code = main(bad.argv)
     except ReachedWork as reached:
         pytest.fail(f"accepted: reached {reached}")

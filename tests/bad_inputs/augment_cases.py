@@ -124,9 +124,6 @@ def non_number_case(fmt):
     return make
 
 
-INF_WARNING = "unassigned (formats' readers): an inf CSV box prints numpy RuntimeWarnings before the one-line error"
-
-
 def per_format_cases():
     cases = []
     for fmt in FORMATS:
@@ -134,8 +131,7 @@ def per_format_cases():
             case(f"augment-{fmt}-box-outside-image", boxes_case(fmt, ("Tree", 100, 100, 120, 120), ("outside",))),
             case(f"augment-{fmt}-zero-size-box", boxes_case(fmt, ZERO_WIDE[fmt], ("zero or negative size",))),
             case(f"augment-{fmt}-nan-coordinate", boxes_case(fmt, ("Tree", 8, 8, NAN, 40), ("finite",))),
-            case(f"augment-{fmt}-inf-coordinate", boxes_case(fmt, ("Tree", 8, 8, 40, INF), ("finite",)),
-                 xfail=INF_WARNING if fmt == "csv" else ""),
+            case(f"augment-{fmt}-inf-coordinate", boxes_case(fmt, ("Tree", 8, 8, 40, INF), ("finite",))),
             case(f"augment-{fmt}-coordinate-not-a-number", non_number_case(fmt)),
             case(f"augment-{fmt}-image-missing", missing_image_case(fmt)),
             case(f"augment-{fmt}-image-truncated", image_case(fmt, truncate, ("truncated",))),
