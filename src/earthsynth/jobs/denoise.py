@@ -64,6 +64,8 @@ def read_input(src: Path, key: str | None = None, layout: str | None = None) -> 
 
 
 def check_output_path(out: Path) -> None:
+    if out.is_dir():
+        raise InputError(out, "is a folder; name the output file, e.g. denoised.tif")
     if out.suffix.lower() not in OUTPUT_SUFFIXES:
         raise InputError(out, f"unsupported output format; name it {', '.join(OUTPUT_SUFFIXES)}")
     if not out.parent.is_dir():
@@ -117,6 +119,11 @@ def denoise_file(src, out, model_dir=None, steps: int = 4, strength: float = 0.5
         raise InputError(src, f"--rank must be at least 1, got {rank}")
     if tile < 8:
         raise InputError(src, f"--tile must be at least 8, got {tile}")
+    if method == "model":  # the pipeline checks these too, but only after the model loads
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise InputError(src, f"--steps must be an integer of at least 1, got {steps!r}")
+        if not (isinstance(strength, (int, float)) and 0 < strength <= 1):  # NaN fails both comparisons
+            raise InputError(src, f"--strength must be in (0, 1], got {strength!r}")
     check_output_path(out)
     if out.resolve() == src.resolve():
         raise InputError(out, "is the input file; choose another output name")

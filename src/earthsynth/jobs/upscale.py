@@ -44,6 +44,8 @@ SCALES = (2, 4)
 
 def check_output_path(src: Path, out: Path) -> None:
     """The output format follows the input: plain images -> PNG / JPEG (or TIFF), rasters -> GeoTIFF."""
+    if out.is_dir():
+        raise InputError(out, "is a folder; name the output file, e.g. upscaled.tif")
     suffix = out.suffix.lower()
     if src.suffix.lower() in PLAIN_IMAGE_SUFFIXES:
         if suffix not in (*PLAIN_OUTPUTS, *TIFF_OUTPUTS):
