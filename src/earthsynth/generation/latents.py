@@ -24,19 +24,28 @@ def downsampling(vae) -> int:
     return 1 if vae is None else 2 ** (len(vae.config.block_out_channels) - 1)
 
 
+def latent_channels(vae) -> int:
+    """Channels of the grid the UNet works on (3 RGB channels without a VAE)."""
+    return 3 if vae is None else vae.config.latent_channels
+
+
 def shift_and_scale(vae) -> tuple[float, float]:
     shift = vae.config.get("shift_factor") or 0.0
     return float(shift), float(vae.config.scaling_factor)
 
 
 @torch.no_grad()
-def encode(vae, images: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) images in [-1, 1] -> scaled posterior means (B, C, H / f, W / f)."""
-    if vae is None:
-        return images
+def scaled_posterior(vae, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, 3, H, W) images in [-1, 1] -> the VAE posterior's mean and standard deviation, both
+    in the scaled latent space, (B, C, H / f, W / f) each."""
     shift, scale = shift_and_scale(vae)
     posterior = vae.encode(images.to(vae.device, vae.dtype)).latent_dist
-    return (posterior.mean - shift) * scale
+    return (posterior.mean - shift) * scale, posterior.std * scale
+
+
+def encode(vae, images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) images in [-1, 1] -> scaled posterior means (B, C, H / f, W / f)."""
+    return images if vae is None else scaled_posterior(vae, images)[0]
 
 
 @torch.no_grad()
@@ -87,18 +96,16 @@ class LatentCache:
         if self.path is not None and self.path.exists():
             self.entries = load_file(self.path)
 
-    @torch.no_grad()
-    def fill(self, images) -> int:
-        """Encode the (3, H, W) [0, 1] images not cached yet; returns how many were new, and
-        saves the cache when there were any."""
-        shift, scale = shift_and_scale(self.vae)
+    def fill(self, images, keys: list[str] | None = None) -> int:
+        """Encode the (3, H, W) [0, 1] images not cached yet (`keys`: their image_key, when the
+        caller has them); returns how many were new, and saves the cache when there were any."""
         added = 0
-        for image in images:
-            key = image_key(image)
+        for index, image in enumerate(images):
+            key = image_key(image) if keys is None else keys[index]
             if key in self.entries:
                 continue
-            posterior = self.vae.encode((image[None] * 2 - 1).to(self.vae.device, self.vae.dtype)).latent_dist
-            self.entries[key] = torch.stack([(posterior.mean[0] - shift) * scale, posterior.std[0] * scale]).float().cpu()
+            mean, std = scaled_posterior(self.vae, image[None] * 2 - 1)
+            self.entries[key] = torch.stack([mean[0], std[0]]).float().cpu()
             added += 1
         if added and self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -110,8 +117,9 @@ class LatentCache:
         """Latents of a batch of training images (B, 3, H, W) in [0, 1], drawn from their
         posteriors with torch's global RNG (restored on resume, so a resumed run draws the
         same). An image not cached yet is encoded first."""
-        self.fill([image for image in images if image_key(image) not in self.entries])
-        stats = torch.stack([self.entries[image_key(image)] for image in images])
+        keys = [image_key(image) for image in images]  # hashed once per image and step
+        self.fill(images, keys)
+        stats = torch.stack([self.entries[key] for key in keys])
         mean, std = stats[:, 0], stats[:, 1]
         return mean + std * torch.randn(mean.shape)
 
@@ -150,8 +158,23 @@ def latent_cache(vae, config, dataset) -> LatentCache | None:
     return cache
 
 
-
 def upsample_nearest(latents: torch.Tensor, factor: int) -> torch.Tensor:
     """Each latent pixel repeated factor x factor times: stacked with image-resolution maps,
     a flip of the stack followed by [..., ::factor, ::factor] is exactly the flipped latent."""
     return latents.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
+
+
+class LatentPipelineMixin:
+    """What a pipeline with an optional `vae` component shares: the grid factor and the decode
+    at the end (in tiles of the UNet's trained size, so memory stays bounded by the tile)."""
+
+    _optional_components = ["vae"]
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """Image pixels per latent pixel (1 in pixel mode)."""
+        return downsampling(getattr(self, "vae", None))
+
+    def decode_samples(self, samples: torch.Tensor) -> torch.Tensor:
+        """The loop's samples -> images in [-1, 1] (pixel mode: the samples themselves)."""
+        return decode(getattr(self, "vae", None), samples, tile=self.unet.config.sample_size)

@@ -30,7 +30,7 @@ from earthsynth.generation.common import (
     repeat_per_image,
     step_callback,
 )
-from earthsynth.generation.latents import decode, downsampling, encode
+from earthsynth.generation.latents import LatentPipelineMixin, encode
 
 MAX_TEXT_TOKENS = 32  # what the bundled models were trained with (model.max_text_tokens)
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -91,7 +91,7 @@ def guidance_drops(passes: list[str], batch: int) -> tuple[torch.Tensor, torch.T
     return text, rest
 
 
-class MetadataPipelineBase(TextModelMixin, DiffusionPipeline):
+class MetadataPipelineBase(LatentPipelineMixin, TextModelMixin, DiffusionPipeline):
     """The text encoder (named by folder, not saved with the checkpoint), the checks and the
     denoising loop with optional tiling and inpainting. Subclasses give
     `model_output(latents, t, conditions, cross_attention_kwargs)`.
@@ -102,13 +102,7 @@ class MetadataPipelineBase(TextModelMixin, DiffusionPipeline):
     the "latents" are the image itself in [-1, 1]."""
 
     model_cpu_offload_seq = "unet->vae"
-    _optional_components = ["vae"]
     _callback_tensor_inputs = ["latents"]
-
-    @property
-    def vae_scale_factor(self) -> int:
-        """Image pixels per latent pixel (1 in pixel mode)."""
-        return downsampling(getattr(self, "vae", None))
 
     @property
     def trained_size(self) -> int:
@@ -314,9 +308,8 @@ class MetadataPipelineBase(TextModelMixin, DiffusionPipeline):
         if output_type == "latent":
             images = samples
         else:
-            vae = getattr(self, "vae", None)
-            decoded = decode(vae, samples, tile=self.unet.config.sample_size).float()
-            if known is not None and vae is not None:
+            decoded = self.decode_samples(samples).float()
+            if known is not None and getattr(self, "vae", None) is not None:
                 decoded = feathered_composite(known.to(decoded.device), decoded, keep.to(decoded.device),
                                               self.vae_scale_factor)
             images = images_for_output(decoded, output_type)

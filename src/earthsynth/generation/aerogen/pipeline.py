@@ -39,7 +39,7 @@ from earthsynth.generation.common import (
     repeat_per_image,
     step_callback,
 )
-from earthsynth.generation.latents import decode, downsampling
+from earthsynth.generation.latents import LatentPipelineMixin
 
 MAX_TEXT_TOKENS = 32  # prompt length of the pipeline (the model config's max_text_tokens default)
 
@@ -125,7 +125,7 @@ def encode_layouts(text_conditioner, layout_encoder, layouts: list[Boxes], heigh
     return tokens, corners, visible
 
 
-class AeroGenPipeline(TextModelMixin, DiffusionPipeline):
+class AeroGenPipeline(LatentPipelineMixin, TextModelMixin, DiffusionPipeline):
     """Layout-to-image generation with classifier-free guidance over text and layout.
 
     guidance_scale pushes away from the unconditional output (negative prompt, no layout);
@@ -134,7 +134,6 @@ class AeroGenPipeline(TextModelMixin, DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "unet->vae"
-    _optional_components = ["vae"]
     _callback_tensor_inputs = ["latents"]
 
     def __init__(self, unet, layout_encoder, scheduler, vae=None, text_model: str = ""):
@@ -269,11 +268,6 @@ class AeroGenPipeline(TextModelMixin, DiffusionPipeline):
         return [torch.cat(tensors) for tensors in zip(*(parts[name] for name in passes))]
 
     # 3. noise
-    @property
-    def vae_scale_factor(self) -> int:
-        """Image pixels per latent pixel (1 in pixel mode)."""
-        return downsampling(getattr(self, "vae", None))
-
     def prepare_latents(self, batch: int, height: int, width: int, generator, latents=None) -> torch.Tensor:
         """Noise on the latent grid of a height x width image."""
         f = self.vae_scale_factor
@@ -354,8 +348,7 @@ class AeroGenPipeline(TextModelMixin, DiffusionPipeline):
         if output_type == "latent":
             images = latents
         else:
-            images = images_for_output(decode(getattr(self, "vae", None), latents, tile=self.unet.config.sample_size),
-                                       output_type)
+            images = images_for_output(self.decode_samples(latents), output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
             return images, layouts

@@ -28,6 +28,7 @@ from earthsynth.generation.common import to_pil
 from earthsynth.generation.latents import (
     downsampling,
     latent_cache,
+    latent_channels,
     load_family_vae,
     upsample_nearest,
 )
@@ -65,10 +66,9 @@ def build(config) -> dict:
     except ValueError as err:
         raise InputError("model.attention_levels", str(err)) from None
     vae = load_family_vae(mc)
-    latent_channels = 3 if vae is None else vae.config.latent_channels
     unet = AeroGenUNet(
-        sample_size=config.data.tile_size // downsampling(vae), in_channels=latent_channels,
-        out_channels=latent_channels, block_out_channels=channels, down_block_types=down, up_block_types=up,
+        sample_size=config.data.tile_size // downsampling(vae), in_channels=latent_channels(vae),
+        out_channels=latent_channels(vae), block_out_channels=channels, down_block_types=down, up_block_types=up,
         layers_per_block=mc.layers_per_block, attention_head_dim=mc.attention_head_dim,
         cross_attention_dim=text.dim, layout_dim=text.dim, use_canvas=mc.use_canvas,
     )

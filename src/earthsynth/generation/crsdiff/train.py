@@ -30,6 +30,7 @@ from earthsynth.generation.crsdiff.pipeline import CRSDiffPipeline, crsdiff_cond
 from earthsynth.generation.latents import (
     downsampling,
     latent_cache,
+    latent_channels,
     load_family_vae,
     upsample_nearest,
 )
@@ -68,7 +69,7 @@ def build(config) -> dict:
     mc = config.model
     text = TextConditioner.from_pretrained(mc.text_encoder or mc.pretrained or None)
     vae = load_family_vae(mc)
-    f, channels = downsampling(vae), (3 if vae is None else vae.config.latent_channels)
+    f, channels = downsampling(vae), latent_channels(vae)
     unet = build_metadata_unet(mc, config.data.tile_size // f, text.dim, SCALAR_FIELDS, config.family, channels)
     # the maps stay at image resolution: the adapter's pyramid brings them down to the latent grid
     adapter = ControlAdapter.from_unet_config(unet.unet.config, dict(CONTROL_CHANNELS), image_stride=f,

@@ -24,7 +24,12 @@ from earthsynth.conditioning import ConditionDropout, TextConditioner
 from earthsynth.data.flips import random_flips
 from earthsynth.data.tiles import GSDBalancedTiles, RealTiles, collate_samples
 from earthsynth.generation.common import to_pil
-from earthsynth.generation.latents import downsampling, latent_cache, load_family_vae
+from earthsynth.generation.latents import (
+    downsampling,
+    latent_cache,
+    latent_channels,
+    load_family_vae,
+)
 from earthsynth.generation.metadata_pipeline import encode_text
 from earthsynth.generation.metadata_unet import build_metadata_unet
 from earthsynth.generation.text2earth.pipeline import Text2EarthPipeline, text2earth_conditions
@@ -59,7 +64,7 @@ def build(config) -> dict:
     mc = config.model
     text = TextConditioner.from_pretrained(mc.text_encoder or mc.pretrained or None)
     vae = load_family_vae(mc)
-    f, channels = downsampling(vae), (3 if vae is None else vae.config.latent_channels)
+    f, channels = downsampling(vae), latent_channels(vae)
     unet = build_metadata_unet(mc, config.data.tile_size // f, text.dim, ("gsd",), config.family, channels)
     noise_scheduler = make_noise_scheduler(config.objective)
     return {
