@@ -10,7 +10,7 @@ from earthsynth.config import load_config
 from earthsynth.errors import InputError
 from earthsynth.generation.autoencoder import build_autoencoder
 from earthsynth.generation.latents import LatentCache, decode, encode, image_key
-from earthsynth.generation.metadata_unet import MetadataUNet
+from earthsynth.generation.metadata_unet import MetadataUNet, choose_trained_parts
 from earthsynth.generation.text2earth import Text2EarthPipeline
 from earthsynth.image_metrics import seam_score
 from earthsynth.registry import get_family
@@ -40,6 +40,8 @@ def test_stable_diffusion_unet_is_exact_at_step_zero(sd_folder):
 
 
 def test_stable_diffusion_folder_checks(tmp_path, sd_folder):
+    with pytest.raises(InputError, match="model.train_parts: must be one of all, added, attention"):
+        choose_trained_parts(MetadataUNet.from_stable_diffusion(sd_folder, ("gsd",)), "bogus")
     with pytest.raises(InputError, match="no unet/config.json"):
         MetadataUNet.from_stable_diffusion(tmp_path, ("gsd",))
     pickled = tmp_path / "pickled"

@@ -203,7 +203,9 @@ def choose_trained_parts(unet: MetadataUNet, parts: str) -> None:
     metadata embedding, and input / output convolutions that were not copied); "attention"
     (the added parts and the attention layers, where text conditioning lives)."""
     if parts not in TRAIN_PARTS:
-        raise ValueError(f"train_parts must be one of {', '.join(TRAIN_PARTS)}, got {parts!r}")
+        from earthsynth.errors import InputError
+
+        raise InputError("model.train_parts", f"must be one of {', '.join(TRAIN_PARTS)}, got {parts!r}")
     if parts == "all":
         return
     for name, parameter in unet.named_parameters():
