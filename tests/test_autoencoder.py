@@ -121,3 +121,25 @@ def test_ssim_index_is_the_reported_ssim():
     torch.manual_seed(0)
     a, b = torch.rand(2, 3, 24, 24), torch.rand(2, 3, 24, 24)
     assert float(ssim_index(a.double(), b.double()).mean()) == pytest.approx(ssim(a, b))
+
+
+@pytest.mark.parametrize("family", ["text2earth", "crsdiff", "aerogen", "ediffsr", "smoke", "classifier", "detector"])
+def test_every_family_that_reads_the_bundled_tiles_honours_exclude_test_area(family, monkeypatch):
+    """`data.exclude_test_area` is a shared data setting: a family that built its RealTiles
+    without it would train on the in-domain test area while its config says it did not."""
+    from earthsynth.registry import get_family
+
+    seen = []
+    original = RealTiles.__init__
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs.get("exclude_test_area", False))
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(RealTiles, "__init__", spy)
+    tree = {"family": family, "output_dir": "unused",
+            "data": {"tile_size": 64, "gsd_factors": [2], "exclude_test_area": True}}
+    if family == "crsdiff":
+        tree["model"] = {"balance_gsd": False}
+    get_family(family).dataset(load_config(tree=tree))
+    assert seen and all(seen)

@@ -136,9 +136,9 @@ class ControlTiles(Dataset):
     `metadata`. With balance_gsd, tiles repeat so every GSD is seen equally often."""
 
     def __init__(self, split: str = "train", tile_size: int = 64, sources=("deepforest",), gsd_factors=(1,),
-                 overlap: int = 0, balance_gsd: bool = True):
+                 overlap: int = 0, balance_gsd: bool = True, exclude_test_area: bool = False):
         self.tiles = RealTiles(split, tile_size=tile_size, sources=sources, gsd_factors=gsd_factors,
-                               overlap=overlap, caption_gsd=False)
+                               overlap=overlap, caption_gsd=False, exclude_test_area=exclude_test_area)
         if balance_gsd:
             self.indices = GSDBalancedTiles(self.tiles).indices
         else:

@@ -117,7 +117,8 @@ def build(config) -> dict:
 def dataset(config) -> CropDataset:
     dc, mc = config.data, config.model
     tiles = RealTiles(split=dc.split, tile_size=dc.tile_size, sources=dc.sources, gsd_factors=dc.gsd_factors,
-                      overlap=dc.overlap, min_visible=dc.min_visible).tiles
+                      overlap=dc.overlap, min_visible=dc.min_visible,
+                      exclude_test_area=dc.exclude_test_area).tiles
     crops, labels = real_crops(tiles, mc.crop_size, mc.context, mc.background_per_image, config.train.seed)
     return CropDataset(crops, labels, mc.class_names, source=f"data split {dc.split}")
 

@@ -190,7 +190,7 @@ def dataset(config) -> Dataset:
 
     dc, mc = config.data, config.model
     tiles = RealTiles(split=dc.split, tile_size=dc.tile_size, sources=dc.sources, gsd_factors=dc.gsd_factors,
-                      overlap=dc.overlap, min_visible=dc.min_visible)
+                      overlap=dc.overlap, min_visible=dc.min_visible, exclude_test_area=dc.exclude_test_area)
     unknown = sorted(set(tiles.class_names) - set(mc.class_names))
     if unknown:
         raise InputError("model.class_names", f"the {dc.split} tiles have class(es) {unknown} not in {mc.class_names}")

@@ -93,7 +93,8 @@ def build(config) -> dict:
 def dataset(config):
     dc = config.data
     return ControlTiles(dc.split, tile_size=dc.tile_size, sources=dc.sources, gsd_factors=dc.gsd_factors,
-                        overlap=dc.overlap, balance_gsd=config.model.balance_gsd)
+                        overlap=dc.overlap, balance_gsd=config.model.balance_gsd,
+                        exclude_test_area=dc.exclude_test_area)
 
 
 def batch_controls(batch: dict, height: int, width: int):

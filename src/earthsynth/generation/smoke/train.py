@@ -71,7 +71,7 @@ def build(config) -> dict:
 def dataset(config):
     dc = config.data
     return RealTiles(split=dc.split, tile_size=dc.tile_size, sources=dc.sources, gsd_factors=dc.gsd_factors,
-                     overlap=dc.overlap, min_visible=dc.min_visible)
+                     overlap=dc.overlap, min_visible=dc.min_visible, exclude_test_area=dc.exclude_test_area)
 
 
 def encode_conditions(components: dict, prompts: list[str], gsds: list[float | None],

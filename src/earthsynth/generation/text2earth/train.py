@@ -82,7 +82,7 @@ def build(config) -> dict:
 def dataset(config):
     dc = config.data
     tiles = RealTiles(split=dc.split, tile_size=dc.tile_size, sources=dc.sources, gsd_factors=dc.gsd_factors,
-                      overlap=dc.overlap, caption_gsd=False)
+                      overlap=dc.overlap, caption_gsd=False, exclude_test_area=dc.exclude_test_area)
     return GSDBalancedTiles(tiles, config.model.gsd_weights) if config.model.balance_gsd else tiles
 
 
