@@ -14,7 +14,7 @@ from earthsynth.generation.metadata_unet import MetadataUNet, choose_trained_par
 from earthsynth.generation.text2earth import Text2EarthPipeline
 from earthsynth.image_metrics import seam_score
 from earthsynth.registry import get_family
-from earthsynth.training.loop import train
+from earthsynth.training.loop import enable_gradient_checkpointing, train
 from tests_support import write_tiny_stable_diffusion
 
 
@@ -168,3 +168,29 @@ def test_aerogen_trains_in_latent_space_with_the_layout_on_the_latent_grid(tmp_p
     latents = pipe("trees", boxes=[[4, 4, 20, 20]], labels=["Tree"], height=32, width=32,
                    num_inference_steps=2, output_type="latent").images
     assert latents.shape == (1, 4, 16, 16)
+
+
+def test_train_parts_without_a_pretrained_folder_is_refused(tmp_path):
+    config = load_config("configs/text2earth.yaml", [f"output_dir={tmp_path / 'run'}", "model.train_parts=added"])
+    with pytest.raises(InputError, match="model.train_parts: 'added' needs model.pretrained"):
+        get_family("text2earth").build(config)
+
+
+def test_gradient_checkpointing_gives_the_same_training(tmp_path, sd_folder):
+    """The switch trades memory for compute only: the same losses step for step."""
+    losses = []
+    for switch in ("false", "true"):
+        config = sd_run(tmp_path / switch, sd_folder, f"train.gradient_checkpointing={switch}", "train.max_steps=3")
+        losses.append([loss for _, loss in train(config, show_progress=False)["losses"]])
+    assert len(losses[0]) == 3
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
+    components = get_family("text2earth").build(config)  # and the switch did reach the UNet
+    enable_gradient_checkpointing(torch.nn.ModuleDict({"unet": components["unet"]}), "text2earth")
+    assert components["unet"].unet.is_gradient_checkpointing
+
+
+def test_gradient_checkpointing_is_refused_where_no_module_has_it(tmp_path):
+    config = load_config("configs/classifier.yaml", [f"output_dir={tmp_path / 'run'}",
+                                                     "train.gradient_checkpointing=true", "train.max_steps=1"])
+    with pytest.raises(InputError, match="train.gradient_checkpointing: the classifier family has no module"):
+        train(config, show_progress=False)

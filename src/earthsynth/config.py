@@ -62,6 +62,9 @@ class TrainConfig:
     # no, bf16 (works on CPUs with AMX/AVX512-bf16), fp16 (GPU); "" = the launcher's
     # (accelerate launch --mixed_precision), else no. A launcher asking for another is refused.
     mixed_precision: str = ""
+    # recompute activations in the backward pass of every module that supports it (diffusers
+    # UNets and VAEs): less memory for more compute, the usual switch for 512 px on one GPU
+    gradient_checkpointing: bool = False
     ema_decay: float = 0.0  # 0 turns EMA off; e.g. 0.999
     checkpoint_every: int = 500  # steps; the last step is always checkpointed
     keep_checkpoints: int = 2  # older step-* folders are deleted
@@ -164,6 +167,7 @@ LIMITS: dict[str, Range] = {
     "detector_loss_weight": NON_NEGATIVE, "train_bands": COUNT, "noise_strength": NON_NEGATIVE,
     "start_from_noisy": FRACTION, "pixel_loss_weight": NON_NEGATIVE, "context": NON_NEGATIVE,
     "background_per_image": NON_NEGATIVE, "color_jitter": FRACTION, "low_resolution": FRACTION,
+    "scale_jitter": Range(0, 1, high_open=True), "extra_share": Range(0, 1, high_open=True),
     "real_fraction": Range(0, 1, low_open=True), "real_fraction_seed": SEED, "size_weight": NON_NEGATIVE,
     "offset_weight": NON_NEGATIVE, "angle_weight": NON_NEGATIVE, "gaussian_scale": POSITIVE,
     "regression_area": Range(0, 1, low_open=True), "score_threshold": FRACTION, "max_detections": COUNT,

@@ -17,6 +17,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
 from earthsynth.conditioning.scalars import ScalarEmbedding
+from earthsynth.errors import InputError
 
 
 def unet_block_types(levels: int, attention_levels: int) -> tuple[list[str], list[str]]:
@@ -86,8 +87,6 @@ class MetadataUNet(ModelMixin, ConfigMixin):
 
         from safetensors.torch import load_file
 
-        from earthsynth.errors import InputError
-
         unet_folder = Path(folder) / "unet"
         if not (unet_folder / "config.json").exists():
             raise InputError(folder, "not a diffusers Stable Diffusion folder (no unet/config.json)")
@@ -150,6 +149,10 @@ def build_metadata_unet(model_config, sample_size: int, cross_attention_dim: int
         unet = MetadataUNet.from_stable_diffusion(model_config.pretrained, scalar_fields, in_channels)
         choose_trained_parts(unet, model_config.train_parts)
         return unet
+    if model_config.train_parts != "all":  # nothing pretrained to keep frozen: say so, do not ignore it
+        raise InputError("model.train_parts", f"{model_config.train_parts!r} needs model.pretrained (a Stable "
+                                              "Diffusion folder whose own weights stay frozen); without one "
+                                              "everything trains: leave it at all")
     down, up = unet_block_types(len(model_config.block_out_channels), model_config.attention_levels)
     unet = MetadataUNet(sample_size=sample_size, in_channels=in_channels, out_channels=in_channels,
                         block_out_channels=list(model_config.block_out_channels),
@@ -176,8 +179,6 @@ def init_from_pretrained_unet(model: MetadataUNet, directory) -> tuple[int, int]
 
     from safetensors.torch import load_file
 
-    from earthsynth.errors import InputError
-
     folder = Path(directory)
     if (folder / "unet").is_dir():
         folder = folder / "unet"
@@ -203,8 +204,6 @@ def choose_trained_parts(unet: MetadataUNet, parts: str) -> None:
     metadata embedding, and input / output convolutions that were not copied); "attention"
     (the added parts and the attention layers, where text conditioning lives)."""
     if parts not in TRAIN_PARTS:
-        from earthsynth.errors import InputError
-
         raise InputError("model.train_parts", f"must be one of {', '.join(TRAIN_PARTS)}, got {parts!r}")
     if parts == "all":
         return

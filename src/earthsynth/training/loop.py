@@ -159,6 +159,16 @@ def save_preview(family: Family, components: dict, config: RunConfig, path: Path
     image_grid(images).save(path)
 
 
+def enable_gradient_checkpointing(trainable: nn.Module, family: str) -> None:
+    """Switch on diffusers' gradient checkpointing in every trainable module that has it
+    (a UNet, a VAE); a family with none refuses the switch rather than ignore it."""
+    switched = [m for m in trainable.modules() if getattr(m, "_supports_gradient_checkpointing", False)]
+    if not switched:
+        raise InputError("train.gradient_checkpointing", f"the {family} family has no module that supports it")
+    for module in switched:
+        module.enable_gradient_checkpointing()
+
+
 def train(config: RunConfig, command: str = "", show_progress: bool = True) -> dict:
     """Train `config`; returns {"losses": [(step, loss)...], "output_dir", "final_dir"}."""
     family = get_family(config.family)
@@ -185,6 +195,8 @@ def train(config: RunConfig, command: str = "", show_progress: bool = True) -> d
     components = family.build(config)
     dataset = family.dataset(config)
     model = LossModule(family, components)
+    if tc.gradient_checkpointing:
+        enable_gradient_checkpointing(model.trainable, config.family)
     params = [p for p in model.trainable.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=tc.learning_rate, betas=(tc.adam_beta1, tc.adam_beta2),
                                   weight_decay=tc.weight_decay)
