@@ -194,3 +194,21 @@ def test_gradient_checkpointing_is_refused_where_no_module_has_it(tmp_path):
                                                      "train.gradient_checkpointing=true", "train.max_steps=1"])
     with pytest.raises(InputError, match="train.gradient_checkpointing: the classifier family has no module"):
         train(config, show_progress=False)
+
+
+def test_vae_bundled_names_the_shipped_autoencoder(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import earthsynth.jobs.load
+    from earthsynth.generation.latents import load_family_vae
+
+    def missing(name):
+        raise ValueError(f"the bundled model {name!r} is missing from this installation")
+
+    monkeypatch.setattr(earthsynth.jobs.load, "bundled_model", missing)
+    with pytest.raises(InputError, match="assets/autoencoder: .*train it with `earthsynth train configs/autoencoder"):
+        load_family_vae(SimpleNamespace(vae="bundled"))
+    build_autoencoder([8, 16], layers_per_block=1).save_pretrained(tmp_path / "autoencoder")
+    monkeypatch.setattr(earthsynth.jobs.load, "bundled_model", lambda name: tmp_path / name)
+    vae = load_family_vae(SimpleNamespace(vae="bundled"))
+    assert vae.config.block_out_channels == [8, 16] and not any(p.requires_grad for p in vae.parameters())

@@ -125,13 +125,17 @@ class LatentCache:
 
 
 def load_family_vae(model_config):
-    """The frozen VAE a latent family's model config names (`vae`, else the Stable Diffusion
-    folder of `pretrained`), or None for pixel mode."""
+    """The frozen VAE a latent family's model config names (`vae`: a folder, or `bundled` for
+    the autoencoder shipped with earthsynth; else the Stable Diffusion folder of `pretrained`),
+    or None for pixel mode."""
     from earthsynth.generation.autoencoder.model import load_autoencoder
+    from earthsynth.jobs.load import bundled_checkpoint
 
     folder = model_config.vae or getattr(model_config, "pretrained", "")
     if not folder:
         return None
+    if folder == "bundled":
+        folder = bundled_checkpoint("autoencoder")
     vae = load_autoencoder(folder)
     vae.requires_grad_(False)
     return vae.eval()
