@@ -10,7 +10,8 @@ from earthsynth.config import load_config
 from earthsynth.errors import InputError
 from earthsynth.generation.autoencoder import build_autoencoder
 from earthsynth.generation.latents import LatentCache, decode, encode, image_key
-from earthsynth.generation.metadata_unet import MetadataUNet, choose_trained_parts
+from earthsynth.generation.metadata_unet import MetadataUNet
+from earthsynth.generation.stable_diffusion import choose_trained_parts
 from earthsynth.generation.text2earth import Text2EarthPipeline
 from earthsynth.image_metrics import seam_score
 from earthsynth.registry import get_family
@@ -212,3 +213,57 @@ def test_vae_bundled_names_the_shipped_autoencoder(tmp_path, monkeypatch):
     monkeypatch.setattr(earthsynth.jobs.load, "bundled_model", lambda name: tmp_path / name)
     vae = load_family_vae(SimpleNamespace(vae="bundled"))
     assert vae.config.block_out_channels == [8, 16] and not any(p.requires_grad for p in vae.parameters())
+
+
+def test_aerogen_from_stable_diffusion_is_exact_at_step_zero_and_trains(tmp_path, sd_folder):
+    from earthsynth.generation.aerogen.model import AeroGenUNet
+
+    sd = UNet2DConditionModel.from_pretrained(sd_folder / "unet").eval()
+    ours = AeroGenUNet.from_stable_diffusion(sd_folder, layout_dim=32).eval()
+    torch.manual_seed(2)
+    sample, text = torch.randn(2, 4, 16, 16), torch.randn(2, 7, 32)
+    corners = torch.tensor([[0.1, 0.1], [0.6, 0.1], [0.6, 0.5], [0.1, 0.5]]).expand(2, 3, 4, 2).clone()
+    valid = torch.tensor([[True, True, False], [True, False, False]])
+    layout_tokens = torch.randn(2, 4, 32)
+    with torch.no_grad():
+        want = sd(sample, 10, encoder_hidden_states=text).sample
+        got = ours(sample, 10, text, torch.ones(2, 7, dtype=torch.bool), layout_tokens, corners, valid)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    # the layout values and the canvas channels learn at once (their gradients are not zero)
+    ours.train()
+    ours(sample, 10, text, torch.ones(2, 7, dtype=torch.bool), layout_tokens, corners, valid).square().mean().backward()
+    grads = {name: p.grad for name, p in ours.named_parameters() if "to_v_layout" in name}
+    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads.values())
+    assert ours.unet.conv_in.weight.grad[:, 4:].abs().sum() > 0
+
+    config = load_config("configs/aerogen.yaml", [
+        f"output_dir={tmp_path / 'run'}", f"model.pretrained={sd_folder}", "model.train_parts=added",
+        "model.max_text_tokens=16", "model.preview_steps=2", "data.tile_size=32", "data.overlap=8",
+        "data.gsd_factors=[8]", "train.max_steps=2", "train.batch_size=2", "train.checkpoint_every=2",
+        "train.log_every=1"])
+    components = get_family("aerogen").build(config)
+    trained = {name for name, p in components["unet"].named_parameters() if p.requires_grad}
+    assert trained and all("_layout." in name or name.startswith("unet.conv_in.") for name in trained)
+    assert components["text"].dim == 32  # SD's CLIP, not the bundled MiniLM
+    train(config)
+    from earthsynth.generation.aerogen import AeroGenPipeline
+
+    pipe = AeroGenPipeline.from_pretrained(tmp_path / "run" / "final")
+    out = pipe("trees", boxes=[[4, 4, 20, 20]], labels=["Tree"], height=32, width=32, num_inference_steps=2,
+               output_type="np").images
+    assert out.shape == (1, 32, 32, 3) and np.isfinite(out).all()
+
+
+def test_clip_conditioning_is_stable_diffusions(sd_folder):
+    """From an SD folder the text reaches the UNet as StableDiffusionPipeline gives it: all 77
+    positions, padding states computed without a mask and attended to."""
+    from diffusers import StableDiffusionPipeline
+
+    from earthsynth.conditioning import TextConditioner
+
+    sd = StableDiffusionPipeline.from_pretrained(sd_folder, safety_checker=None, feature_extractor=None,
+                                                 requires_safety_checker=False)
+    want, _ = sd.encode_prompt(["a forest", "two trees on grass"], "cpu", 1, False)
+    text = TextConditioner.from_pretrained(str(sd_folder)).encode(["a forest", "two trees on grass"], max_length=77)
+    assert text.mask.all() and text.tokens.shape == want.shape == (2, 77, 32)
+    torch.testing.assert_close(text.tokens, want, atol=1e-5, rtol=0)

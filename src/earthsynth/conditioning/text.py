@@ -78,6 +78,10 @@ class TextConditioner:
             getattr(model.config, "max_position_embeddings", None),
         ]
         self.max_length = int(min(x for x in limits if x is not None))
+        # CLIP as Stable Diffusion runs it: no attention mask inside the encoder, and in
+        # fixed-length mode the UNet attends every position, padding states included (SD's
+        # UNets were trained on all 77 of them)
+        self.attend_padding = pooling == "eos"
 
     # ------------------------------------------------------------------------- loading
     @classmethod
@@ -156,7 +160,8 @@ class TextConditioner:
             max_length=max_length or self.max_length,
             return_tensors="pt",
         ).to(self.device)
-        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        out = self.model(input_ids=batch["input_ids"],
+                         attention_mask=None if self.attend_padding else batch["attention_mask"])
         mask = batch["attention_mask"].bool()
         tokens = out.last_hidden_state.float()
         if self.pooling == "eos":
@@ -179,7 +184,8 @@ class TextConditioner:
 
         max_length None: pad to the longest prompt of the batch, with zeros at padded
         positions. max_length N: pad or truncate every prompt to exactly N tokens, each
-        position holding the encoder's output. `mask` is True on real tokens either way.
+        position holding the encoder's output. `mask` is True on real tokens either way, and
+        on every position of a fixed-length CLIP row (`attend_padding`, as Stable Diffusion).
         """
         if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
             raise ValueError("prompts must be a list of strings")
@@ -199,6 +205,8 @@ class TextConditioner:
         pooled = torch.stack([r[1] for r in rows])
         lengths = torch.tensor([r[2] for r in rows], device=tokens.device)
         mask = torch.arange(tokens.shape[1], device=tokens.device)[None, :] < lengths[:, None]
+        if self.attend_padding and max_length is not None:
+            mask = torch.ones_like(mask)
 
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)

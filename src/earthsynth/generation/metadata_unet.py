@@ -18,6 +18,12 @@ from diffusers.models.modeling_utils import ModelMixin
 
 from earthsynth.conditioning.scalars import ScalarEmbedding
 from earthsynth.errors import InputError
+from earthsynth.generation.stable_diffusion import (
+    check_loaded,
+    check_parts_without_pretrained,
+    choose_trained_parts,
+    read_unet,
+)
 
 
 def unet_block_types(levels: int, attention_levels: int) -> tuple[list[str], list[str]]:
@@ -28,6 +34,13 @@ def unet_block_types(levels: int, attention_levels: int) -> tuple[list[str], lis
     down = ["DownBlock2D"] * plain + ["CrossAttnDownBlock2D"] * attention_levels
     up = ["CrossAttnUpBlock2D"] * attention_levels + ["UpBlock2D"] * plain
     return down, up
+
+
+def unet_arguments(unet_extra: dict | None, **named) -> dict:
+    """UNet2DConditionModel arguments: our named ones over `unet_extra` (the rest of a Stable
+    Diffusion UNet's config, e.g. use_linear_projection) over our default group norm."""
+    return {"norm_num_groups": min(32, named["block_out_channels"][0]), **(unet_extra or {}),
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in named.items()}}
 
 
 class MetadataUNet(ModelMixin, ConfigMixin):
@@ -58,21 +71,12 @@ class MetadataUNet(ModelMixin, ConfigMixin):
         """unet_extra: further UNet2DConditionModel arguments, e.g. the rest of a Stable
         Diffusion UNet's config (use_linear_projection, norm_num_groups...)."""
         super().__init__()
-        arguments = {
-            "norm_num_groups": min(32, block_out_channels[0]),
-            **(unet_extra or {}),
-            "sample_size": sample_size,
-            "in_channels": in_channels,
-            "out_channels": out_channels,
-            "block_out_channels": tuple(block_out_channels),
-            "down_block_types": tuple(down_block_types),
-            "up_block_types": tuple(up_block_types),
-            "layers_per_block": layers_per_block,
-            "cross_attention_dim": cross_attention_dim,
-            "attention_head_dim": attention_head_dim,
-            "class_embed_type": "identity",  # the metadata embedding is added to the timestep embedding
-        }
-        self.unet = UNet2DConditionModel(**arguments)
+        self.unet = UNet2DConditionModel(**unet_arguments(
+            unet_extra, sample_size=sample_size, in_channels=in_channels, out_channels=out_channels,
+            block_out_channels=block_out_channels, down_block_types=down_block_types, up_block_types=up_block_types,
+            layers_per_block=layers_per_block, cross_attention_dim=cross_attention_dim,
+            attention_head_dim=attention_head_dim,
+            class_embed_type="identity"))  # the metadata embedding is added to the timestep embedding
         time_embed_dim = self.unet.time_embedding.linear_2.out_features
         self.scalar_embedding = ScalarEmbedding(fields=tuple(scalar_fields), embed_dim=time_embed_dim,
                                                 num_frequencies=scalar_frequencies)
@@ -83,41 +87,19 @@ class MetadataUNet(ModelMixin, ConfigMixin):
         and a metadata embedding that starts silent (zero output), so that at step 0 the model
         gives exactly the SD UNet's output. `in_channels` other than SD's (pixel mode, 3) gets a
         fresh input and output convolution, everything else is copied."""
-        from pathlib import Path
-
-        from safetensors.torch import load_file
-
-        unet_folder = Path(folder) / "unet"
-        if not (unet_folder / "config.json").exists():
-            raise InputError(folder, "not a diffusers Stable Diffusion folder (no unet/config.json)")
-        files = sorted(unet_folder.glob("*.safetensors"))
-        if not files:
-            raise InputError(unet_folder, "no UNet weights in .safetensors here (pickled weights are not read)")
-        sd = {k: v for k, v in UNet2DConditionModel.load_config(unet_folder).items() if not k.startswith("_")}
-        if sd.get("class_embed_type") or sd.get("addition_embed_type") or sd.get("num_class_embeds"):
-            raise InputError(unet_folder, "this UNet already has a class or added embedding; expected SD 1.x / 2.x")
-        named = ("sample_size", "in_channels", "out_channels", "block_out_channels", "down_block_types",
-                 "up_block_types", "layers_per_block", "cross_attention_dim", "attention_head_dim")
-        channels = sd["in_channels"] if in_channels is None else in_channels
-        model = cls(sample_size=sd["sample_size"], in_channels=channels, out_channels=channels,
-                    block_out_channels=sd["block_out_channels"], down_block_types=sd["down_block_types"],
-                    up_block_types=sd["up_block_types"], layers_per_block=sd["layers_per_block"],
-                    cross_attention_dim=sd["cross_attention_dim"], attention_head_dim=sd["attention_head_dim"],
-                    scalar_fields=tuple(scalar_fields),
-                    unet_extra={k: v for k, v in sd.items() if k not in named and k != "class_embed_type"})
-        weights = {}
-        for path in files:
-            weights.update(load_file(path))
-        if channels != sd["in_channels"]:
-            weights = {k: v for k, v in weights.items() if not k.startswith(("conv_in.", "conv_out."))}
+        sd = read_unet(folder)
+        channels = sd.named["in_channels"] if in_channels is None else in_channels
+        model = cls(**{**sd.named, "in_channels": channels, "out_channels": channels},
+                    scalar_fields=tuple(scalar_fields), unet_extra=sd.extra)
+        # another channel count (pixel mode) gets fresh input and output convolutions
+        fresh = {k for k in model.unet.state_dict() if k.startswith(("conv_in.", "conv_out."))} \
+            if channels != sd.named["in_channels"] else set()
+        weights = {k: v for k, v in sd.weights.items() if k not in fresh}
         missing, unexpected = model.unet.load_state_dict(weights, strict=False)
-        if unexpected or any(not k.startswith(("conv_in.", "conv_out.")) for k in missing):
-            raise InputError(unet_folder, f"UNet weights do not match its config ({len(missing)} missing, "
-                                          f"{len(unexpected)} unexpected tensors)")
+        check_loaded(sd, missing, unexpected, fresh)
         model.scalar_embedding.silence()
         # what earthsynth adds to the SD UNet, trained even when only the added parts train
-        model.added_prefixes = ("scalar_embedding.",) + (
-            ("unet.conv_in.", "unet.conv_out.") if channels != sd["in_channels"] else ())
+        model.added_prefixes = ("scalar_embedding.",) + tuple(f"unet.{name}" for name in sorted(fresh))
         return model
 
     @property
@@ -134,9 +116,6 @@ class MetadataUNet(ModelMixin, ConfigMixin):
                          cross_attention_kwargs=cross_attention_kwargs).sample
 
 
-TRAIN_PARTS = ("all", "added", "attention")
-
-
 def build_metadata_unet(model_config, sample_size: int, cross_attention_dim: int, scalar_fields,
                         family: str, in_channels: int = 3) -> MetadataUNet:
     """The UNet a text2earth / crsdiff model config describes: a Stable Diffusion UNet when
@@ -149,10 +128,7 @@ def build_metadata_unet(model_config, sample_size: int, cross_attention_dim: int
         unet = MetadataUNet.from_stable_diffusion(model_config.pretrained, scalar_fields, in_channels)
         choose_trained_parts(unet, model_config.train_parts)
         return unet
-    if model_config.train_parts != "all":  # nothing pretrained to keep frozen: say so, do not ignore it
-        raise InputError("model.train_parts", f"{model_config.train_parts!r} needs model.pretrained (a Stable "
-                                              "Diffusion folder whose own weights stay frozen); without one "
-                                              "everything trains: leave it at all")
+    check_parts_without_pretrained(model_config.train_parts)
     down, up = unet_block_types(len(model_config.block_out_channels), model_config.attention_levels)
     unet = MetadataUNet(sample_size=sample_size, in_channels=in_channels, out_channels=in_channels,
                         block_out_channels=list(model_config.block_out_channels),
@@ -197,17 +173,3 @@ def init_from_pretrained_unet(model: MetadataUNet, directory) -> tuple[int, int]
             matching[target] = tensor
     model.load_state_dict(matching, strict=False)
     return len(matching), len(own)
-
-
-def choose_trained_parts(unet: MetadataUNet, parts: str) -> None:
-    """What of a pretrained UNet trains: "all"; "added" (what earthsynth adds to it: the
-    metadata embedding, and input / output convolutions that were not copied); "attention"
-    (the added parts and the attention layers, where text conditioning lives)."""
-    if parts not in TRAIN_PARTS:
-        raise InputError("model.train_parts", f"must be one of {', '.join(TRAIN_PARTS)}, got {parts!r}")
-    if parts == "all":
-        return
-    for name, parameter in unet.named_parameters():
-        added = name.startswith(getattr(unet, "added_prefixes", ("scalar_embedding.",)))
-        attention = ".attentions." in name or "attn" in name
-        parameter.requires_grad_(added or (parts == "attention" and attention))

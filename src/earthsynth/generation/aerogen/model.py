@@ -36,6 +36,8 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from earthsynth.conditioning.layout import rasterize_quads
+from earthsynth.generation.metadata_unet import unet_arguments
+from earthsynth.generation.stable_diffusion import check_loaded, read_unet
 
 
 @dataclass
@@ -229,20 +231,16 @@ class AeroGenUNet(ModelMixin, ConfigMixin):
         layout_dim: int = 384,
         layout_scale: float = 1.0,
         use_canvas: bool = True,
+        unet_extra: dict | None = None,
     ):
+        """unet_extra: further UNet2DConditionModel arguments, e.g. the rest of a Stable
+        Diffusion UNet's config (use_linear_projection, norm_num_groups...)."""
         super().__init__()
-        self.unet = UNet2DConditionModel(
-            sample_size=sample_size,
-            in_channels=in_channels + (2 if use_canvas else 0),
-            out_channels=out_channels,
-            block_out_channels=tuple(block_out_channels),
-            down_block_types=tuple(down_block_types),
-            up_block_types=tuple(up_block_types),
-            layers_per_block=layers_per_block,
-            cross_attention_dim=cross_attention_dim,
-            attention_head_dim=attention_head_dim,
-            norm_num_groups=min(32, block_out_channels[0]),
-        )
+        self.unet = UNet2DConditionModel(**unet_arguments(
+            unet_extra, sample_size=sample_size, in_channels=in_channels + (2 if use_canvas else 0),
+            out_channels=out_channels, block_out_channels=block_out_channels, down_block_types=down_block_types,
+            up_block_types=up_block_types, layers_per_block=layers_per_block,
+            cross_attention_dim=cross_attention_dim, attention_head_dim=attention_head_dim))
         processors = {}
         for name, module in self.unet.named_modules():
             if isinstance(module, Attention):
@@ -252,6 +250,29 @@ class AeroGenUNet(ModelMixin, ConfigMixin):
                 else:
                     processors[f"{name}.processor"] = SelfAttnProcessor()
         self.unet.set_attn_processor(processors)
+
+    @classmethod
+    def from_stable_diffusion(cls, folder, layout_dim: int, use_canvas: bool = True) -> AeroGenUNet:
+        """A Stable Diffusion folder's UNet with its weights as they are, and what the layout
+        adds starting silent: the canvas channels of the input convolution and the layout
+        values are zero (the layout keys keep their random start, so they learn once the
+        values do), so at step 0 the model gives exactly the SD UNet's output."""
+        sd = read_unet(folder)
+        model = cls(**sd.named, layout_dim=layout_dim, use_canvas=use_canvas, unet_extra=sd.extra)
+        weights = dict(sd.weights)
+        if use_canvas:  # SD's input convolution, plus zero weights for the two canvas channels
+            conv = weights["conv_in.weight"]
+            weights["conv_in.weight"] = torch.cat([conv, conv.new_zeros(conv.shape[0], 2, *conv.shape[2:])], dim=1)
+        fresh = {name for name in model.unet.state_dict() if "_layout." in name}
+        missing, unexpected = model.unet.load_state_dict(weights, strict=False)
+        check_loaded(sd, missing, unexpected, fresh)
+        for processor in model.unet.attn_processors.values():
+            if isinstance(processor, LayoutAttnProcessor):
+                nn.init.zeros_(processor.to_v_layout.weight)
+        # what earthsynth adds to the SD UNet, trained even when only the added parts train
+        model.added_prefixes = tuple(f"unet.{name}" for name in sorted(fresh)) + (
+            ("unet.conv_in.",) if use_canvas else ())
+        return model
 
     # diffusers' attention switches, on the inner UNet: its attention layers are LayoutAttention,
     # so each switch changes how attention is computed and keeps the layout attention

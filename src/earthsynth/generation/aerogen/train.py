@@ -33,6 +33,10 @@ from earthsynth.generation.latents import (
     upsample_nearest,
 )
 from earthsynth.generation.metadata_unet import unet_block_types
+from earthsynth.generation.stable_diffusion import (
+    check_parts_without_pretrained,
+    choose_trained_parts,
+)
 from earthsynth.registry import Family
 from earthsynth.training.objective import DiffusionObjective, make_noise_scheduler
 
@@ -50,6 +54,8 @@ class AeroGenModelConfig:
     layout_frequencies: int = 8
     text_encoder: str = ""  # "" = bundled MiniLM; or a local transformers / Stable Diffusion directory
     vae: str = ""  # latent mode: an exported autoencoder (or a Stable Diffusion folder's vae/); "" = pixels
+    pretrained: str = ""  # a local diffusers Stable Diffusion 1.x / 2.x folder: its VAE, UNet and CLIP as they are
+    train_parts: str = "all"  # with pretrained: all, added (layout values/keys, canvas input) or attention (+ attention)
     max_text_tokens: int = 32
     text_dropout: float = 0.1
     layout_dropout: float = 0.1
@@ -59,19 +65,9 @@ class AeroGenModelConfig:
 
 def build(config) -> dict:
     mc = config.model
-    text = TextConditioner.from_pretrained(mc.text_encoder or None)
-    channels = list(mc.block_out_channels)
-    try:
-        down, up = unet_block_types(len(channels), mc.attention_levels)
-    except ValueError as err:
-        raise InputError("model.attention_levels", str(err)) from None
+    text = TextConditioner.from_pretrained(mc.text_encoder or mc.pretrained or None)
     vae = load_family_vae(mc)
-    unet = AeroGenUNet(
-        sample_size=config.data.tile_size // downsampling(vae), in_channels=latent_channels(vae),
-        out_channels=latent_channels(vae), block_out_channels=channels, down_block_types=down, up_block_types=up,
-        layers_per_block=mc.layers_per_block, attention_head_dim=mc.attention_head_dim,
-        cross_attention_dim=text.dim, layout_dim=text.dim, use_canvas=mc.use_canvas,
-    )
+    unet = build_unet(mc, text.dim, config.data.tile_size // downsampling(vae), latent_channels(vae))
     layout_encoder = LayoutEncoder(max_objects=mc.max_objects, class_embed_dim=text.dim, out_dim=text.dim,
                                    num_frequencies=mc.layout_frequencies)
     noise_scheduler = make_noise_scheduler(config.objective)
@@ -87,6 +83,25 @@ def build(config) -> dict:
         "class_embeddings": {},  # class name -> pooled text embedding, filled on first use
         "config": config,
     }
+
+
+def build_unet(mc: AeroGenModelConfig, text_dim: int, sample_size: int, channels: int) -> AeroGenUNet:
+    """A Stable Diffusion UNet with the layout added silently when `pretrained` names an SD
+    folder (`train_parts` choosing what trains), else a fresh one of block_out_channels."""
+    if mc.pretrained:
+        unet = AeroGenUNet.from_stable_diffusion(mc.pretrained, layout_dim=text_dim, use_canvas=mc.use_canvas)
+        choose_trained_parts(unet, mc.train_parts)
+        return unet
+    check_parts_without_pretrained(mc.train_parts)
+    channels_per_level = list(mc.block_out_channels)
+    try:
+        down, up = unet_block_types(len(channels_per_level), mc.attention_levels)
+    except ValueError as err:
+        raise InputError("model.attention_levels", str(err)) from None
+    return AeroGenUNet(sample_size=sample_size, in_channels=channels, out_channels=channels,
+                       block_out_channels=channels_per_level, down_block_types=down, up_block_types=up,
+                       layers_per_block=mc.layers_per_block, attention_head_dim=mc.attention_head_dim,
+                       cross_attention_dim=text_dim, layout_dim=text_dim, use_canvas=mc.use_canvas)
 
 
 def dataset(config):
@@ -139,7 +154,8 @@ def loss(components: dict, batch: dict) -> torch.Tensor:
 def make_pipeline(components: dict) -> AeroGenPipeline:
     scheduler = DPMSolverMultistepScheduler.from_config(components["noise_scheduler"].config)
     pipe = AeroGenPipeline(unet=components["unet"], layout_encoder=components["layout_encoder"], scheduler=scheduler,
-                           vae=components["vae"], text_model=components["config"].model.text_encoder)
+                           vae=components["vae"],
+                           text_model=components["config"].model.text_encoder or components["config"].model.pretrained)
     pipe.set_text_conditioner(components["text"])
     pipe.set_progress_bar_config(disable=True)
     return pipe
