@@ -175,44 +175,6 @@ def test_cli_bad_dataset_is_one_line_and_writes_nothing(models, tmp_path, capsys
     assert not out.exists()
 
 
-def test_evaluate_trains_the_three_conditions_and_writes_the_table(models, tmp_path):
-    import yaml
-
-    from earthsynth.augment.evaluate import EvaluateConfig, format_table, run_evaluate
-
-    synthetic = tmp_path / "synth"
-    run_augment(synthetic, config(models, num_images=4, max_candidates=4), show_progress=False)
-    # as if the filter had rejected the first two: the unfiltered set is then those two
-    manifest, run = synthetic / "manifest.jsonl", synthetic / "run.json"
-    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
-    for row in rows:
-        row["accepted"] = row["index"] >= 2
-    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    run.write_text(json.dumps({**json.loads(run.read_text()), "accepted": 2}))
-    recipe = tmp_path / "detector.yaml"
-    recipe.write_text(yaml.safe_dump({
-        "family": "detector", "model": {"widths": [8, 8, 8, 8], "head_width": 8},
-        "data": {"tile_size": 64, "gsd_factors": [2]}, "train": {"max_steps": 2, "batch_size": 4}}))
-    summary = run_evaluate(tmp_path / "eval", EvaluateConfig(synthetic=str(synthetic), real_fraction=0.05, seeds=[0, 1],
-                                                             detector_config=str(recipe), test_tile_size=64),
-                           log=lambda line: None)
-    written = json.loads((tmp_path / "eval" / "evaluate.json").read_text())
-    assert set(written["conditions"]) == {"real", "filtered", "unfiltered"}
-    for row in written["conditions"].values():
-        assert [r["seed"] for r in row["runs"]] == [0, 1]
-        assert 0.0 <= row["mAP50"]["mean"] <= 1.0
-    accepted = [r for r in rows if r["accepted"]]
-    assert written["synthetic_images"]["filtered"] == {"images": len(accepted), "accepted": len(accepted)}
-    assert written["synthetic_images"]["unfiltered"]["images"] == len(accepted)
-    assert written["synthetic_images"]["unfiltered"]["accepted"] == 0
-    table = format_table(summary)
-    assert table.count("\n") == 4 and "| filtered |" in table
-
-    with pytest.raises(InputError) as err:
-        run_evaluate(tmp_path / "e2", EvaluateConfig(synthetic=str(tmp_path), detector_config=str(recipe)))
-    assert_input_error(err, tmp_path, "not an `earthsynth augment` output folder")
-
-
 def test_two_processes_take_disjoint_shards_and_merge_into_one_dataset(models, tmp_path):
     import subprocess
     import sys

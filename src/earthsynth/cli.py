@@ -150,8 +150,11 @@ def cmd_augment(args) -> int:
             raise InputError(f"--per-class {item}", "expected NAME=N, e.g. --per-class Dead=200")
         tree.setdefault("per_class", {})[name] = int(count)
     config = from_dict(AugmentConfig, tree, args.config or "augment")
+    if args.splits is not None and not args.data:
+        raise InputError("--splits", "names splits of a --data dataset; --demo reads the bundled training tiles")
+    splits = None if args.splits is None else [s.strip() for s in args.splits.split(",")]
     summary = run_augment(args.out, config, data=args.data, fmt=args.format, device=args.device, dtype=args.dtype,
-                          allow_outside_paths=args.allow_outside_paths)
+                          allow_outside_paths=args.allow_outside_paths, splits=splits, log=print_job_line)
     if summary:
         print(f"{summary['accepted']} of {summary['candidates']} candidates accepted "
               f"({summary['timing']['total_s']} s) -> {args.out}: {', '.join(config.out_formats)}, manifest.jsonl, report.html")
@@ -159,6 +162,14 @@ def cmd_augment(args) -> int:
             print(f"earthsynth: warning: only {summary['accepted']} of {config.num_images} wanted images passed the filter; "
                   "raise max_candidates or relax the filter thresholds", file=sys.stderr)
     return 0
+
+
+def print_job_line(line: str) -> None:
+    """A job's log line: to stdout, or a warning ("warning: ...") to stderr as the CLI's own."""
+    if line.startswith("warning: "):
+        print(f"earthsynth: {line}", file=sys.stderr)
+    else:
+        print(line)
 
 
 def cmd_evaluate(args) -> int:
@@ -169,13 +180,17 @@ def cmd_evaluate(args) -> int:
     except ValueError:
         raise InputError(f"--seeds {args.seeds}", "expected comma-separated integers, e.g. 0,1,2") from None
     config = EvaluateConfig(synthetic=args.synthetic, real_fraction=args.real_fraction, seeds=seeds,
-                            max_steps=args.steps or 0, detector_config=args.detector_config or "",
-                            split=args.split, min_objects=args.min_objects, max_synthetic=args.max_synthetic)
+                            detector_config=args.detector_config or "", split=args.split, stop_split=args.stop_on,
+                            min_objects=args.min_objects, max_synthetic=args.max_synthetic,
+                            synthetic_share=args.synthetic_share)
+    for name, value in (("max_steps", args.steps), ("eval_every", args.eval_every), ("patience", args.patience)):
+        if value is not None:
+            setattr(config, name, value)
+    if args.conditions is not None:
+        config.conditions = [c.strip() for c in args.conditions.split(",") if c.strip()]
     summary = run_evaluate(args.out, config)
     print(format_table(summary))
-    print(f"filtered - real: {summary['filtered_minus_real_mAP50_points']:+.1f} mAP50 points; "
-          f"filtered - unfiltered: {summary['filtered_minus_unfiltered_mAP50_points']:+.1f}; "
-          f"written to {args.out}/evaluate.json")
+    print(f"written to {args.out}: evaluate.json, evaluate.png, evaluate.html")
     return 0
 
 
@@ -300,6 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", help="its format: voc, coco, dota, yolo, yolo-obb, csv")
     p.add_argument("--allow-outside-paths", action="store_true",
                    help="let image paths in its annotation files lead outside its folder (absolute, or ..)")
+    p.add_argument("--splits", help="comma-separated splits of --data to read (default: train only; a test split "
+                                    "is read only when named, with a warning)")
     p.add_argument("--out", required=True, help="output folder; rerunning with the same folder resumes")
     p.add_argument("--num-images", type=int, help="accepted images to write (default 64, --demo 32)")
     p.add_argument("--per-class", action="append", metavar="NAME=N",
@@ -314,13 +331,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = parsers["evaluate"]
     p.add_argument("--synthetic", required=True, help="an `earthsynth augment` output folder")
-    p.add_argument("--out", required=True, help="folder for the trained detectors and evaluate.json")
+    p.add_argument("--out", required=True, help="folder for the trained detectors, evaluate.json, .png and .html")
     p.add_argument("--real-fraction", type=float, default=0.25, help="share of the real training tiles (default 0.25)")
-    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
-    p.add_argument("--steps", type=int, help="detector training steps (default: the bundled detector's recipe)")
+    p.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated seeds (default 0,1,2,3,4)")
+    p.add_argument("--steps", type=int, help="training budget of each detector in steps (default 3000); "
+                                             "training stops earlier when validation mAP50 stops improving")
+    p.add_argument("--eval-every", type=int, help="steps between validation scores (default 100)")
+    p.add_argument("--patience", type=int, help="stop after this many validation scores without a better one (default 6)")
     p.add_argument("--detector-config", help="detector training recipe YAML (default: the bundled detector's)")
-    p.add_argument("--split", choices=["test", "val"], default="test",
-                   help="score on the held-out test image (default) or on the validation image, to choose settings")
+    p.add_argument("--split", choices=["indomain-test", "test", "indomain-val", "val"], default="indomain-test",
+                   help="score on the YELL in-domain test area (default), OSBS_029 (test: cross-site), or a "
+                        "validation split to choose settings")
+    p.add_argument("--stop-on", choices=["indomain-val", "val"], default="indomain-val",
+                   help="validation split of early stopping: the YELL in-domain block (default) or SOAP_061")
+    p.add_argument("--conditions", help="comma-separated, real included (default all: real_full, real, copy_paste, "
+                                        "filtered, unfiltered, copy_paste_filtered)")
+    p.add_argument("--synthetic-share", type=float, default=0.5,
+                   help="share of the training draws that are added images, synthetic or copy-paste (default 0.5)")
     p.add_argument("--min-objects", type=int, default=0, help="leave out synthetic images with fewer objects")
     p.add_argument("--max-synthetic", type=int, default=0, help="use at most this many synthetic images (0: all)")
     p.set_defaults(func=cmd_evaluate)

@@ -41,6 +41,7 @@ DEEPFOREST_GSD = 0.1  # NEON AOP RGB orthophotos, metres per pixel
 # no training tile borders a test tile. A run with `data.exclude_test_area` trains above it.
 IN_DOMAIN_TEST_SHARE = 0.25
 IN_DOMAIN_BUFFER_ROWS = 256
+IN_DOMAIN_VAL_SHARE = 0.125  # the in-domain validation block above the buffer (in_domain_areas)
 NEON_SITES = {"YELL": "Yellowstone National Park", "SOAP": "Soaproot Saddle, Sierra Nevada", "OSBS": "Ordway-Swisher Biological Station, Florida"}
 
 
@@ -127,6 +128,22 @@ def in_domain_test_rows(image: SourceImage) -> tuple[int, int] | None:
         return None
     test_start = image.header.height - int(round(image.header.height * IN_DOMAIN_TEST_SHARE))
     return max(0, test_start - IN_DOMAIN_BUFFER_ROWS), test_start
+
+
+def in_domain_areas(image: SourceImage) -> dict[str, tuple[int, int]] | None:
+    """Row ranges [first, end) of the in-domain split of a YELL training image, top to bottom:
+    "indomain-train" from row 0, "indomain-val" the IN_DOMAIN_VAL_SHARE of the rows right above
+    the test buffer (settings and early stopping are chosen on it), then the buffer (in no area)
+    and "indomain-test" to the last row. None for an image without an in-domain test area.
+    No buffer separates train from val: a crown cut by that line is clipped into both, a small
+    leak that only touches choices made on validation; the test area keeps its buffer."""
+    rows = in_domain_test_rows(image)
+    if rows is None:
+        return None
+    buffer_start, test_start = rows
+    val_start = max(0, buffer_start - int(round(image.header.height * IN_DOMAIN_VAL_SHARE)))
+    return {"indomain-train": (0, val_start), "indomain-val": (val_start, buffer_start),
+            "indomain-test": (test_start, image.header.height)}
 
 
 def deepforest_unlabelled_val() -> SourceImage:

