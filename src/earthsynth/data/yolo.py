@@ -129,10 +129,10 @@ def read_yolo_class_names(yaml_path: str | os.PathLike) -> list[str]:
     """Class names from an ultralytics data.yaml, by ultralytics' rules: `names` as a list or
     as {index: name} with indices 0..n-1 (integers or their text), `nc` (if given) their count."""
     yaml_path = Path(yaml_path)
-    return _class_names(_load_data_yaml(yaml_path), yaml_path)
+    return yolo_class_names(load_data_yaml(yaml_path), yaml_path)
 
 
-def _load_data_yaml(yaml_path: Path) -> dict:
+def load_data_yaml(yaml_path: Path) -> dict:
     try:
         with open(yaml_path, encoding="utf-8") as f:
             data = yaml.safe_load(f)
@@ -147,7 +147,7 @@ def _load_data_yaml(yaml_path: Path) -> dict:
     return data
 
 
-def _class_names(data: dict, source: Path) -> list[str]:
+def yolo_class_names(data: dict, source: Path) -> list[str]:
     names = data.get("names")
     if isinstance(names, dict):
         try:
@@ -163,6 +163,15 @@ def _class_names(data: dict, source: Path) -> list[str]:
     if nc is not None and nc != len(names):
         raise InputError(source, f"'nc' is {nc!r} but 'names' holds {len(names)} classes")
     return [str(n) for n in names]
+
+
+def yolo_label_path(image: str | os.PathLike) -> Path | None:
+    """Where ultralytics looks for an image's labels: the last /images/ of its path turned into
+    /labels/, suffix .txt; None for an image under no images/ folder."""
+    parts = str(image).rsplit(f"{os.sep}images{os.sep}", 1)
+    if len(parts) != 2:
+        return None
+    return Path(f"{os.sep}labels{os.sep}".join(parts)).with_suffix(".txt")
 
 
 # ----------------------------------------------------------------------------- ultralytics' rules
@@ -183,8 +192,8 @@ def ultralytics_problems(yaml_path: str | os.PathLike, obb: bool = False) -> lis
     """
     yaml_path = Path(yaml_path)
     try:
-        data = _load_data_yaml(yaml_path)
-        nc = len(_class_names(data, yaml_path))
+        data = load_data_yaml(yaml_path)
+        nc = len(yolo_class_names(data, yaml_path))
     except InputError as err:
         return [str(err)]
     problems = [f"{yaml_path}: no '{key}' key (ultralytics needs train and val)"
@@ -220,10 +229,9 @@ def _image_label_problems(image: Path, nc: int, obb: bool) -> list[str]:
         problems.append(f"{image}: {width}x{height} px, ultralytics needs at least 10x10")
     if kind not in ULTRALYTICS_IMAGE_FORMATS:
         problems.append(f"{image}: image format {kind or 'unknown'} is not one ultralytics reads")
-    parts = str(image).rsplit(f"{os.sep}images{os.sep}", 1)
-    if len(parts) != 2:
+    label = yolo_label_path(image)
+    if label is None:
         return problems + [f"{image}: not under an images/ folder, so ultralytics finds no labels for it"]
-    label = Path(f"{os.sep}labels{os.sep}".join(parts)).with_suffix(".txt")
     if not label.is_file():
         return problems  # no label file: an image without objects
     columns = 9 if obb else 5

@@ -33,6 +33,7 @@ import os
 import re
 import shutil
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -101,6 +102,7 @@ class RealTile:
     description: str
     gsd: float | None
     land_cover: str
+    gsd_source: str = "bundled tiles"  # where the GSD came from (a user's setting, a DOTA header...), for the log
 
 
 # ----------------------------------------------------------------------------- real data
@@ -113,17 +115,64 @@ def demo_tiles(size: int) -> list[RealTile]:
                      t.gsd, t.land_cover) for t in tiles]
 
 
-def dataset_records(root: str, fmt: str, allow_outside_paths: bool = False) -> list[dict]:
+def dataset_records(root: str, fmt: str, allow_outside_paths: bool = False,
+                    splits: list[str] | None = None) -> list[dict]:
     """A user's dataset read and checked (one line naming the file for a bad annotation);
-    image paths in its annotation files may lead outside it only with `allow_outside_paths`."""
+    image paths in its annotation files may lead outside it only with `allow_outside_paths`.
+
+    Of a dataset with splits (YOLO's data.yaml, the split folders or files `earthsynth data
+    export` writes) only the training split is read unless `splits` names others: validation
+    and test images jittered into the synthetic set would leak into any evaluation on them. A
+    dataset without splits is read whole, and naming splits for it is refused."""
     from earthsynth.data.annotations import read_dataset
 
     if fmt not in INPUT_FORMATS:
         raise InputError(f"--format {fmt}", f"choose one of {', '.join(INPUT_FORMATS)}")
-    records = read_dataset(root, fmt, allow_outside_paths=allow_outside_paths)
+    if splits is not None and (not splits or not all(name.strip() for name in splits)):
+        raise InputError(f"--splits {','.join(splits)}", "expected comma-separated split names, e.g. train,val")
+    records = read_dataset(root, fmt, allow_outside_paths=allow_outside_paths, splits=splits or ["train"])
     if not records:
         raise InputError(root, f"no annotated images found as {fmt}")
+    if splits and all(record["split"] is None for record in records):
+        raise InputError(f"--splits {','.join(splits)}", f"{root} has no splits; leave --splits out to read it whole")
     return records
+
+
+def dataset_class_names(records: list[dict]) -> list[str]:
+    """The dataset's class list as its files give it (YOLO's names, COCO's categories, in id
+    order, so the synthetic labels keep their ids), else its labels sorted; every label read is
+    in it, classes with no box in the splits read too."""
+    names = []
+    for record in records:
+        names += [name for name in record.get("class_names", []) if name not in names]
+    return names + sorted({label for record in records for label in record["boxes"].labels} - set(names))
+
+
+def describe_records(root: str, records: list[dict]) -> list[str]:
+    """The run's log lines on what was read: per split, its images, objects and the folders
+    (or shared annotation files) they came from; a warning when a test split is among them."""
+    base = Path(root) if Path(root).is_dir() else Path(root).parent
+    lines = []
+    for split in dict.fromkeys(record["split"] for record in records):
+        chosen = [record for record in records if record["split"] == split]
+        shared = {path for path in (record["annotation_path"] for record in chosen)
+                  if sum(r["annotation_path"] == path for r in chosen) > 1}
+        sources = {Path(record["image_path"]).parent for record in chosen}
+        sources |= {Path(path) if path in shared else Path(path).parent for path in (r["annotation_path"] for r in chosen)}
+        names = ", ".join(sorted(Path(os.path.relpath(path, base)).as_posix() for path in sources))
+        counts = Counter(label for record in chosen for label in record["boxes"].labels)
+        objects = ", ".join(f"{name} {count}" for name, count in sorted(counts.items())) or "none"
+        what = "the whole dataset (it has no splits)" if split is None else f"split {split}"
+        lines.append(f"input: {what}: {len(chosen)} images, objects {objects}; read from {names} in {root}")
+    held_out = sorted({record["split"] for record in records if record["split"] and looks_like_test(record["split"])})
+    if held_out:
+        lines.append(f"warning: split {', '.join(held_out)} is held-out data: its layouts go into the synthetic "
+                     "training set, so no evaluation on it is honest any more")
+    return lines
+
+
+def looks_like_test(split: str) -> bool:
+    return split.lower().startswith("test")
 
 
 def input_identity(root: str, fmt: str, records: list[dict]) -> dict:
@@ -146,11 +195,16 @@ def input_identity(root: str, fmt: str, records: list[dict]) -> dict:
         except OSError as err:
             raise InputError(path, f"cannot read: {one_line(err)}") from None
         total.update(f"{name}\t{path.stat().st_size}\t{digest}\n".encode())
-    return {"format": fmt, "files": len(listed), "sha256": total.hexdigest()}
+    identity = {"format": fmt, "files": len(listed), "sha256": total.hexdigest()}
+    splits = list(dict.fromkeys(record["split"] for record in records if record.get("split")))
+    return {**identity, "splits": splits} if splits else identity  # a dataset without splits: as before
 
 
 def dataset_tiles(records: list[dict], root: str, size: int, config: AugmentConfig) -> list[RealTile]:
-    """A user's dataset cut into windows of size * resample pixels, resized to `size`."""
+    """A user's dataset cut into windows of size * resample pixels, resized to `size`.
+
+    An image's GSD (for its prompts and the DOTA headers written): `gsd` of the settings if
+    given, else its DOTA `gsd:` header, else a GeoTIFF's pixel size in metres, else unknown."""
     import cv2
 
     from earthsynth.data.geotiff import read_geotiff, to_uint8_rgb
@@ -158,9 +212,12 @@ def dataset_tiles(records: list[dict], root: str, size: int, config: AugmentConf
 
     window = size * config.resample
     tiles = []
-    gsd = config.gsd * config.resample if config.gsd else None
     for record in records:
         raster = read_geotiff(record["image_path"])
+        source_gsd, source = next(((value, name) for value, name in (
+            (config.gsd, "gsd setting"), (record.get("gsd"), "DOTA gsd: header"), (raster.gsd, "GeoTIFF pixel size"))
+            if value), (None, "unknown"))
+        gsd = source_gsd * config.resample if source_gsd else None
         rgb = to_uint8_rgb(raster.data[:3] if raster.data.shape[0] >= 3 else raster.data[[0, 0, 0]], nodata=raster.nodata)
         windows = tile_windows(rgb.shape[1], rgb.shape[0], window)
         for x0, y0, x1, y1 in windows:
@@ -168,7 +225,7 @@ def dataset_tiles(records: list[dict], root: str, size: int, config: AugmentConf
             boxes, _ = record["boxes"].clip(x0, y0, x1, y1, config.min_visible)
             bands = pixels.transpose(2, 0, 1).astype(np.float32) / 255
             tiles.append(RealTile(f"{record['image_id']}_x{x0}_y{y0}", pixels, boxes.scale(1 / config.resample),
-                                  config.description, gsd, land_cover_phrase(bands)))
+                                  config.description, gsd, land_cover_phrase(bands), source))
     if not tiles:
         raise InputError(root, f"every image is smaller than one {window} px window (the model's {size} px "
                          f"x resample {config.resample}); lower `resample`")
@@ -203,13 +260,60 @@ def load_models(config: AugmentConfig, model_dir: Path, device=None, dtype=None)
     return pipe, detector.to(device).eval(), classifier.to(device).eval()
 
 
+def model_class_map(classes: list[str], detector, classifier) -> dict[str, str]:
+    """The class each of the data's classes is generated and judged as: itself where the
+    filter's detector and classifier both know it, else the one class they know (the bundled
+    models know only "Tree", so SOAP's Alive and Dead are made and checked as trees and written
+    as Alive and Dead). The aerogen pipeline keeps no class list (it embeds a class's name as
+    text, and a name it never saw conditions nothing it learnt); it was trained on the tiles its
+    detector and classifier were, so their classes stand for its own."""
+    known = [name for name in detector.class_names if name in classifier.config.class_names]
+    mapping = {}
+    for name in classes:
+        if name in known or len(known) == 1:
+            mapping[name] = name if name in known else known[0]
+        else:
+            raise InputError(f"class {name}", f"the filter's detector and classifier know {', '.join(known) or 'no common class'}, "
+                             "none of them this one, so it cannot be generated; give detector= and classifier= "
+                             "trained on your classes")
+    return mapping
+
+
+def as_model_classes(boxes: Boxes, class_map: dict[str, str] | None) -> Boxes:
+    """`boxes` labelled with the classes the models know (model_class_map), for the generator and the filter."""
+    if not class_map:
+        return boxes
+    return Boxes(boxes.rboxes, [class_map.get(label, label) for label in boxes.labels], boxes.rotated, boxes.difficult)
+
+
+def describe_models(tiles: list[RealTile], class_map: dict[str, str]) -> list[str]:
+    """The log lines on what the models are given: where the GSD came from, which classes they
+    do not know and what those are generated as."""
+    from earthsynth.data.captions import format_gsd
+
+    lines = []
+    by_source = Counter(tile.gsd_source for tile in tiles)
+    values = sorted({tile.gsd for tile in tiles if tile.gsd})
+    shown = format_gsd(values[0]) if len(values) == 1 else f"{format_gsd(values[0])} to {format_gsd(values[-1])}" \
+        if values else "unknown resolution"
+    sources = ", ".join(f"{name} ({count} tiles)" for name, count in by_source.most_common())
+    lines.append(f"input: GSD of the generated images {shown}, from {sources}")
+    mapped = {name: model for name, model in class_map.items() if name != model}
+    if mapped:
+        lines.append(f"input: classes {', '.join(mapped)} are not ones the models were trained on: generated and "
+                     f"filtered as {', '.join(sorted(set(mapped.values())))}, written with their own names")
+    return lines
+
+
 # ----------------------------------------------------------------------------- resume state
 def describe_input(identity: dict | None) -> str:
     if not identity:
         return "an input it did not record"
     if identity == DEMO_INPUT:
         return "--demo"
-    return f"a {identity.get('format')} dataset of {identity.get('files')} files (sha256 {str(identity.get('sha256'))[:12]})"
+    splits = f", splits {', '.join(map(str, identity['splits']))}" if identity.get("splits") else ""
+    return (f"a {identity.get('format')} dataset of {identity.get('files')} files{splits} "
+            f"(sha256 {str(identity.get('sha256'))[:12]})")
 
 
 def check_same_settings(out: Path, settings: dict) -> None:
@@ -288,9 +392,12 @@ def candidate_prompt(layout: LayoutRecord, tile: RealTile) -> str:
 
 
 def run_augment(out: str | Path, config: AugmentConfig, data: str | None = None, fmt: str | None = None,
-                show_progress: bool = True, device=None, dtype=None, allow_outside_paths: bool = False) -> dict:
+                show_progress: bool = True, device=None, dtype=None, allow_outside_paths: bool = False,
+                splits: list[str] | None = None, log=None) -> dict:
     """Generate, filter and write; returns the run summary (also written to run.json).
-    device None = accelerate's (each process its own GPU), dtype None = float32 (aerogen's)."""
+    device None = accelerate's (each process its own GPU), dtype None = float32 (aerogen's).
+    splits: those of `data` to read (None: its training split; see dataset_records). log: called
+    (main process) with lines on what was read and how, warnings starting "warning: "."""
     started = time.perf_counter()
     state = job_state()
     out = Path(out)
@@ -305,7 +412,7 @@ def run_augment(out: str | Path, config: AugmentConfig, data: str | None = None,
         raise InputError(out, "exists, is not empty and is not an earthsynth augment output; choose another --out")
 
     model_dir, size = aerogen_folder(config)
-    records = None if data is None else dataset_records(data, fmt, allow_outside_paths)
+    records = None if data is None else dataset_records(data, fmt, allow_outside_paths, splits)
     settings = {**asdict(config), "input": DEMO_INPUT if records is None else input_identity(data, fmt, records)}
     check_same_settings(out, settings)
     done = {r["index"]: r for r in load_records(out)}  # what earlier runs did
@@ -315,6 +422,11 @@ def run_augment(out: str | Path, config: AugmentConfig, data: str | None = None,
         if name not in known:
             raise InputError(f"--per-class {name}", f"unknown class; the dataset has {', '.join(sorted(known))}")
     pipe, detector, classifier = load_models(config, model_dir, device, dtype)
+    class_map = model_class_map(sorted(known), detector, classifier)
+    class_names = None if records is None else dataset_class_names(records)  # the user's, with their ids
+    if log and state.is_main_process:
+        for line in [*(describe_records(data, records) if records else []), *describe_models(tiles, class_map)]:
+            log(line)
     model_name = config.model or "bundled aerogen"  # no machine path in the outputs of the default run
     max_candidates = config.max_candidates or 6 * config.num_images
 
@@ -333,10 +445,10 @@ def run_augment(out: str | Path, config: AugmentConfig, data: str | None = None,
             start_writing(out, settings)
         state.wait_for_everyone()
         timing = generate(out, config, pipe, detector, classifier, tiles, layouts, prompt_tiles, done, size,
-                          model_name, max_candidates, undo, state, show_progress)
+                          model_name, max_candidates, undo, state, show_progress, class_map)
         summary = {}
         if state.is_main_process:
-            summary = finish(out, config, sampler, layouts, tiles, size, model_name, timing, started)
+            summary = finish(out, config, sampler, layouts, tiles, size, model_name, timing, started, class_names)
         state.wait_for_everyone()
     except Exception:
         undo.undo()
@@ -357,7 +469,8 @@ def start_writing(out: Path, settings: dict) -> None:
 
 def generate(out: Path, config: AugmentConfig, pipe, detector, classifier, tiles: list[RealTile],
              layouts: list[LayoutRecord], prompt_tiles: list[RealTile], done: dict[int, dict], size: int,
-             model_name: str, max_candidates: int, undo: RunUndo, state, show_progress: bool) -> dict:
+             model_name: str, max_candidates: int, undo: RunUndo, state, show_progress: bool,
+             class_map: dict[str, str] | None = None) -> dict:
     """This process's share of the candidates (i % world == rank) until its share of the
     accepted images is there; each goes to candidates/ and a line of its manifest shard."""
     rank, world = state.process_index, state.num_processes
@@ -388,12 +501,13 @@ def generate(out: Path, config: AugmentConfig, pipe, detector, classifier, tiles
             generators = [torch.Generator().manual_seed(s) for s in seeds]
             prompts = [candidate_prompt(layouts[i], prompt_tiles[i]) for i in batch]
             t0 = time.perf_counter()
-            result = pipe(prompts, [layouts[i].boxes for i in batch], None, size, size, config.steps,
+            model_boxes = [as_model_classes(layouts[i].boxes, class_map) for i in batch]  # classes the models know
+            result = pipe(prompts, model_boxes, None, size, size, config.steps,
                           config.guidance_scale, layout_guidance_scale=config.layout_guidance_scale or None,
                           generator=generators, output_type="pt")
             t1 = time.perf_counter()
             keys = [f"synth_{i:06d}" for i in batch]
-            verdicts = filt(result.images.float(), [layouts[i].boxes for i in batch], keys)
+            verdicts = filt(result.images.float(), model_boxes, keys)
             timing["filter_s"] += time.perf_counter() - t1
             timing["generate_s"] += t1 - t0
             timing["generated"] += len(batch)
@@ -458,7 +572,8 @@ def write_candidates(out: Path, records: list[dict], destination: Path, fmt: str
 
 
 def finish(out: Path, config: AugmentConfig, sampler: LayoutSampler, layouts: list[LayoutRecord],
-           tiles: list[RealTile], size: int, model_name: str, timing: dict, started: float) -> dict:
+           tiles: list[RealTile], size: int, model_name: str, timing: dict, started: float,
+           class_names: list[str] | None = None) -> dict:
     """Merge the shards: the first num_images accepted candidates by index become the datasets.
     Everything is written into a hidden folder first and moved into place at the end, run.json
     last, so a failure here leaves the earlier outputs as they were."""
@@ -471,7 +586,7 @@ def finish(out: Path, config: AugmentConfig, sampler: LayoutSampler, layouts: li
     try:
         t0 = time.perf_counter()
         for fmt in config.out_formats:
-            write_candidates(out, chosen, staging / fmt, fmt, sampler.classes, gsd)
+            write_candidates(out, chosen, staging / fmt, fmt, class_names or sampler.classes, gsd)
         (staging / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
         sampler.save(staging / "sampler.json")
         save_layouts(staging / "layouts.jsonl", layouts)
