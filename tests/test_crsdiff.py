@@ -52,6 +52,39 @@ def test_maps_set_the_size_and_a_zero_scale_is_no_map(pipe):
     assert (with_map - without).abs().mean() > 1e-4
 
 
+def test_a_map_with_partial_coverage_conditions_only_where_it_has_data(pipe, components):
+    """A DEM smaller than the scene: NaN where it has no data. Its residuals are zero there
+    (as where the map is dropped), not the residuals of a DEM of zeros, which painted a hard-
+    edged rectangle where the DEM ended."""
+    dem = np.random.default_rng(0).random((32, 32)).astype(np.float32)
+    partial = dem.copy()
+    partial[:, 16:] = np.nan  # the DEM covers the left half
+    adapter = components["control_adapter"]
+    full = torch.from_numpy(dem)[None, None]
+    data = torch.zeros(1, 1, 32, 32)
+    data[..., :16] = 1
+    down, mid = adapter({"dem": full.nan_to_num() * data}, {"dem": data})
+    for residual in (*down, mid):
+        cells = residual.shape[-1]
+        assert residual[..., cells // 2 + 1:].abs().max() == 0  # right of the edge's cell: nothing
+        assert residual[..., : cells // 2 - 1].abs().max() > 0
+    # through the pipeline (NaN marks the missing data): the same residuals reach the UNet
+    seen = []
+    hook = adapter.register_forward_hook(lambda module, args, out: seen.append(out))
+    try:
+        half = generate(pipe, controls={"dem": partial})
+    finally:
+        hook.remove()
+    for residual in (*seen[0][0], seen[0][1]):
+        cells = residual.shape[-1]
+        assert residual[..., cells // 2 + 1:].abs().max() == 0 and residual[..., : cells // 2 - 1].abs().max() > 0
+    zeros = generate(pipe, controls={"dem": np.where(np.isnan(partial), 0, partial)})
+    assert (half - zeros).abs().mean() > 1e-4  # a DEM of zeros there was another condition
+    # a fully covered map is unchanged by the coverage handling
+    torch.testing.assert_close(generate(pipe, controls={"dem": dem}),
+                               generate(pipe, controls={"dem": np.where(np.isnan(dem), 0, dem)}))
+
+
 def test_metadata_subsets_and_dates(pipe):
     a = generate(pipe, metadata={"gsd": 0.1, "lat": 29.7})
     b = generate(pipe, metadata={"gsd": 0.1, "lat": 29.7, "date": "2021-06-01"})
@@ -84,6 +117,8 @@ def test_every_map_kind_and_landcover_codes(pipe):
     (dict(controls={"landcover": np.zeros((16, 16))}), "4 channel"),
     (dict(controls={"landcover": np.full((16, 16), 9)}), "landcover"),
     (dict(controls={"dem": np.full((16, 16), 2.0)}), "in \\[0, 1\\]"),
+    (dict(controls={"dem": np.full((16, 16), np.nan)}), "no data"),
+    (dict(controls={"dem": np.full((16, 16), np.inf)}), "in \\[0, 1\\]"),
     (dict(controls={"canny": np.zeros((16, 16))}, control_scales={"canny": -1}), "scale"),
 ])
 def test_bad_conditions_are_value_errors(pipe, kwargs, words):

@@ -141,6 +141,19 @@ def test_crsdiff_reference_maps_and_dem_keep_the_reference_grid(tmp_path, crsdif
     assert generated.tags["EARTHSYNTH_MODEL"] == "crsdiff" and generated.tags["EARTHSYNTH_GSD"] == "0.5"
 
 
+def test_a_dem_smaller_than_the_reference_is_no_data_where_it_ends(tmp_path):
+    from earthsynth.jobs.generate import file_map
+
+    reference = read_geotiff(utm_reference(tmp_path / "reference.tif", 64, 64))  # 32 m x 32 m
+    rows, cols = np.mgrid[0:40, 0:26]
+    dem_transform = (1.0, 0.0, ORIGIN[2] - 10, 0.0, -1.0, ORIGIN[5] + 5)  # 1 m pixels, ends 16 m in
+    write_geotiff(tmp_path / "dem.tif", Raster(data=(100.0 + rows + cols)[None].astype(np.float32), crs=UTM,
+                                               transform=dem_transform, nodata=-9999.0))
+    dem = file_map("dem", tmp_path / "dem.tif", 64, 64, reference, seed=0)[0]
+    assert np.isnan(dem[:, 34:]).all() and np.isfinite(dem[:, :30]).all()
+    assert dem[:, :30].min() >= 0 and dem[:, :30].max() <= 1
+
+
 def test_crsdiff_road_lines_and_other_map_files(tmp_path, crsdiff_dir, capsys):
     reference = utm_reference(tmp_path / "reference.tif", 64, 64)
     xs = [ORIGIN[2] - 5, ORIGIN[2] + 40]  # a diagonal across the 32 m x 32 m reference

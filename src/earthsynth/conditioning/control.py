@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
@@ -346,23 +347,34 @@ class ControlAdapter(ModelMixin, ConfigMixin):
             **unet_residual_spec(unet_config, image_stride),
         )
 
-    def _scale(self, value, batch: int, ref: torch.Tensor) -> torch.Tensor:
+    def _scale(self, value, batch: int, height: int, width: int, ref: torch.Tensor) -> torch.Tensor:
+        """A map's weight as (B, 1, 1, 1), or (B, 1, H, W) for a weight per map pixel."""
         scale = torch.as_tensor(value, dtype=ref.dtype, device=ref.device)
         if scale.ndim == 0:
             scale = scale.expand(batch)
-        if scale.shape != (batch,):
-            raise ValueError(
-                f"a scale must be a float or a ({batch},) tensor, got shape {tuple(scale.shape)}"
-            )
-        return scale.view(batch, 1, 1, 1)
+        if scale.shape == (batch,):
+            return scale.view(batch, 1, 1, 1)
+        if scale.shape != (batch, 1, height, width):
+            raise ValueError(f"a scale must be a float, a ({batch},) tensor or a ({batch}, 1, {height}, {width}) "
+                             f"map, got shape {tuple(scale.shape)}")
+        return scale
+
+    @staticmethod
+    def _at(scale: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """A per-pixel scale averaged over each cell of a feature map (exact: map sizes are
+        multiples of the strides), so a map's residual fades out where it has no data."""
+        if scale.shape[-1] == 1:
+            return scale
+        return F.adaptive_avg_pool2d(scale, features.shape[-2:])
 
     def forward(
         self,
         maps: Mapping[str, torch.Tensor],
         scales: Mapping[str, float | torch.Tensor] | None = None,
     ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
-        """maps: name -> (B, C, H, W), any non-empty subset; scales: name -> float or (B,)
-        tensor, default 1. Returns (down_residuals, mid_residual) for the UNet."""
+        """maps: name -> (B, C, H, W), any non-empty subset; scales: name -> float, (B,) tensor
+        or (B, 1, H, W) weight per map pixel (0 where a map has no data), default 1. Returns
+        (down_residuals, mid_residual) for the UNet."""
         scales = dict(scales or {})
         known = list(self.pyramids.keys())
         unknown = [n for n in list(maps) + list(scales) if n not in self.pyramids]
@@ -386,12 +398,14 @@ class ControlAdapter(ModelMixin, ConfigMixin):
                     f"control map {name!r} has {x.shape[1]} channels, expected {self.config.map_channels[name]}"
                 )
             features = self.pyramids[name](x)
-            scale = self._scale(scales.get(name, 1.0), batch, features[0])
+            scale = self._scale(scales.get(name, 1.0), batch, height, width, features[0])
             for i, (level, conv) in enumerate(
                 zip(self.residual_levels, self.down_convs[name], strict=True)
             ):
-                r = scale * conv(features[level])
+                r = conv(features[level])
+                r = self._at(scale, r) * r
                 down[i] = r if down[i] is None else down[i] + r
-            r = scale * self.mid_convs[name](features[self.mid_level])
+            r = self.mid_convs[name](features[self.mid_level])
+            r = self._at(scale, r) * r
             mid = r if mid is None else mid + r
         return tuple(down), mid

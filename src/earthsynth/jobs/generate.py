@@ -387,15 +387,19 @@ def file_map(name: str, path: Path, height: int, width: int, reference: Raster |
     if name == "content":  # only its colours count: the layout is scrambled anyway
         rgb = cv2.resize(rgb_of(read_geotiff(path)), (width, height), interpolation=cv2.INTER_AREA)
         return content_shuffle(rgb, seed=seed).transpose(2, 0, 1)
+    # a DEM or land cover that covers only part of the output is NaN (no data) elsewhere: the
+    # pipeline conditions on it only where it has data
     if name == "dem":
-        return normalise_dem(on_output_grid(path, height, width, reference, nearest=False))[None]
+        elevation = on_output_grid(path, height, width, reference, nearest=False)
+        return np.where(np.isfinite(elevation), normalise_dem(elevation), np.nan)[None].astype(np.float32)
     if name == "landcover":
         codes = on_output_grid(path, height, width, reference, nearest=True)
         valid = np.isfinite(codes) & (codes >= 0) & (codes < len(LANDCOVER_CLASSES)) & (codes == np.round(codes))
         if not valid.any():
             raise InputError(path, f"has no class codes 0..{len(LANDCOVER_CLASSES) - 1} "
                                    f"({', '.join(LANDCOVER_CLASSES)}) on the output")
-        return landcover_onehot(np.where(valid, codes, -1).astype(np.int64), len(LANDCOVER_CLASSES), ignore_index=-1)
+        onehot = landcover_onehot(np.where(valid, codes, -1).astype(np.int64), len(LANDCOVER_CLASSES), ignore_index=-1)
+        return np.where(valid[None], onehot, np.nan).astype(np.float32)
     # road: lines placed by the reference's georeferencing
     if not georeferenced(reference):
         raise InputError(path, "road lines need a georeferenced reference (GeoTIFF with a CRS) to be placed")

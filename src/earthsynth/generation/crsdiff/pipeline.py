@@ -43,8 +43,9 @@ class CRSDiffPipelineOutput(BaseOutput):
 
 
 def map_tensor(name: str, value, channels: int, batch: int) -> torch.Tensor:
-    """A user's control map -> (B, C, H, W) float in [0, 1]. A land-cover map may also be
-    an (H, W) integer array of class codes (earthsynth.conditioning.control.LANDCOVER_CLASSES)."""
+    """A user's control map -> (B, C, H, W) float in [0, 1], NaN where the map has no data (a
+    DEM smaller than the scene): the map conditions only where it has data. A land-cover map
+    may also be an (H, W) integer array of class codes (earthsynth.conditioning.control.LANDCOVER_CLASSES)."""
     tensor = torch.as_tensor(np.asarray(value) if not isinstance(value, torch.Tensor) else value)
     given = tuple(tensor.shape)
     if name == "landcover" and tensor.ndim == 2 and not tensor.is_floating_point():
@@ -66,8 +67,12 @@ def map_tensor(name: str, value, channels: int, batch: int) -> torch.Tensor:
                          f"got shape {given}")
     if tensor.shape[0] != batch:
         raise ValueError(f"control map {name!r} has {tensor.shape[0]} maps for {batch} prompts")
-    if not torch.isfinite(tensor).all() or tensor.min() < 0 or tensor.max() > 1:
-        raise ValueError(f"control map {name!r}: values must be finite and in [0, 1]")
+    known = ~torch.isnan(tensor)
+    if not known.any():
+        raise ValueError(f"control map {name!r} has no data (all NaN)")
+    values = tensor[known]
+    if not torch.isfinite(values).all() or values.min() < 0 or values.max() > 1:
+        raise ValueError(f"control map {name!r}: values must be in [0, 1] (NaN where the map has no data)")
     return tensor
 
 
@@ -79,7 +84,8 @@ def crsdiff_conditions(control_adapter, text, null_text, values: torch.Tensor, m
 
     text, null_text: (tokens, mask) of the prompts and of what replaces a dropped text;
     values: (B, F) metadata in the UNet's scalar_fields order, NaN = unknown;
-    maps: name -> (B, C, H, W) in [0, 1]; map_scales: name -> (B,) weight (0 where a sample
+    maps: name -> (B, C, H, W) in [0, 1], NaN where a map has no data (its residual fades to
+    zero there, as where the map is dropped); map_scales: name -> (B,) weight (0 where a sample
     has no such map); drop_text (B,), drop_fields (B, F), drop_maps name -> (B,) bool.
     The control residuals ("down", "mid") are None when no sample keeps a map.
     """
@@ -90,9 +96,14 @@ def crsdiff_conditions(control_adapter, text, null_text, values: torch.Tensor, m
     conditions["down"] = conditions["mid"] = None
     if kept:
         dtype = next(control_adapter.parameters()).dtype
-        conditions["down"], conditions["mid"] = control_adapter(
-            {name: maps[name].to(device, dtype) for name in kept},
-            {name: scale.to(device, dtype) for name, scale in kept.items()})
+        inputs, weights = {}, {}
+        for name, scale in kept.items():
+            data = ~torch.isnan(maps[name]).any(1, keepdim=True)  # (B, 1, H, W): where the map has data
+            weights[name] = scale.to(device, dtype)
+            if not data.all():
+                weights[name] = weights[name].view(-1, 1, 1, 1) * data.to(device, dtype)
+            inputs[name] = maps[name].nan_to_num(0.0).to(device, dtype)
+        conditions["down"], conditions["mid"] = control_adapter(inputs, weights)
     return conditions
 
 
