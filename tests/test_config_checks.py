@@ -4,6 +4,7 @@ every section and family); and models given as pickled weights are refused unles
 
 import dataclasses
 import shutil
+import types
 import typing
 from pathlib import Path
 
@@ -110,7 +111,7 @@ def config_classes() -> list[type]:
 
 
 def is_numeric(annotation) -> bool:
-    if typing.get_origin(annotation) in (list, tuple):
+    if typing.get_origin(annotation) in (list, tuple, typing.Union, types.UnionType):  # float | None too
         return any(is_numeric(arg) for arg in typing.get_args(annotation))
     return annotation in (int, float)
 
@@ -128,7 +129,7 @@ def test_every_numeric_field_has_a_range_its_default_is_in():
             assert f.name in LIMITS, f"{cls.__name__}.{f.name} has no range in earthsynth.config.LIMITS"
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             for value in default if isinstance(default, list) else [default]:
-                assert value in LIMITS[f.name], (cls.__name__, f.name, value)
+                assert value is None or value in LIMITS[f.name], (cls.__name__, f.name, value)  # None: unset
     assert not set(LIMITS) - numeric, "ranges of fields no config has"
 
 

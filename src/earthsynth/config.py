@@ -23,6 +23,7 @@ import copy
 import dataclasses
 import difflib
 import math
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,7 +180,7 @@ LIMITS: dict[str, Range] = {
     "max_overlap": FRACTION, "iou_threshold": Range(0, 1, low_open=True), "min_recall": FRACTION,
     "min_precision": FRACTION, "detector_score": FRACTION, "min_class_agreement": FRACTION,
     "max_saturated_fraction": FRACTION, "min_std": NON_NEGATIVE, "min_edge_energy": NON_NEGATIVE,
-    "max_edge_energy": NON_NEGATIVE, "duplicate_similarity": FRACTION,
+    "max_edge_energy": NON_NEGATIVE, "duplicate_similarity": FRACTION, "real_pass_share": Range(0, 1, low_open=True),
 }
 
 
@@ -248,7 +249,7 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             value = [value]
         (item_type, *_rest) = typing.get_args(annotation) or (Any,)
         return [_coerce(v, item_type, where) for v in value]
-    if origin is typing.Union or str(origin) == "types.UnionType":
+    if origin in (typing.Union, types.UnionType):  # Optional[float] and float | None
         options = typing.get_args(annotation)
         if value is None and type(None) in options:
             return None

@@ -547,6 +547,63 @@ def layout_statistics(layouts: Sequence[LayoutRecord | Record]) -> dict:
     }
 
 
+def objects_histogram(layouts: Sequence[LayoutRecord | Record | Boxes]) -> list[int]:
+    """[k] = layouts (or real records, or Boxes) with exactly k objects."""
+    counts = [len(x) if isinstance(x, Boxes) else len(x.boxes if isinstance(x, LayoutRecord) else x[3])
+              for x in layouts]
+    return np.bincount(np.asarray(counts, dtype=np.int64), minlength=1).tolist()
+
+
+def count_targets(histogram: Sequence[int], n: int) -> list[int]:
+    """`histogram` scaled to sum to `n` images (largest remainders round up, ties to fewer
+    objects): how many accepted images with k objects make the same distribution."""
+    total = sum(histogram)
+    if total == 0:
+        return [n]
+    exact = np.asarray(histogram, dtype=np.float64) * n / total
+    targets = np.floor(exact).astype(int)
+    order = sorted(range(len(exact)), key=lambda k: (-(exact[k] - targets[k]), k))
+    targets[order[:n - int(targets.sum())]] += 1
+    return targets.tolist()
+
+
+class CountQuota:
+    """Takes images while those with as many objects are fewer than their target
+    (`count_targets`): an accepted set with the objects-per-image distribution of the layouts,
+    however much easier the filter finds some counts (empty layouts pass most often).
+    pooled: one target for all counts (targets[0]), the first images whatever they hold."""
+
+    def __init__(self, targets: Sequence[int], pooled: bool = False):
+        self.targets = [int(t) for t in targets]
+        self.taken = [0] * len(self.targets)
+        self.pooled = pooled
+
+    def take(self, objects: int) -> bool:
+        k = 0 if self.pooled else objects
+        if k >= len(self.targets) or self.taken[k] >= self.targets[k]:
+            return False
+        self.taken[k] += 1
+        return True
+
+    def why_not(self, objects: int) -> str:
+        """The reason `take(objects)` said no, in words."""
+        if self.pooled:
+            return f"not needed: the first {self.targets[0]} images make the set"
+        target = self.targets[objects] if objects < len(self.targets) else 0
+        return f"not needed: the set holds its {target} images with {objects} objects (the layouts' distribution)"
+
+    @property
+    def total(self) -> int:
+        return sum(self.taken)
+
+    @property
+    def wanted(self) -> int:
+        return sum(self.targets)
+
+    def full(self) -> bool:
+        return self.taken == self.targets
+
+
 def save_layouts(path: str | os.PathLike, layouts: Sequence[LayoutRecord]) -> None:
     """Write layouts as JSONL, one per line: width, height, rotated, rboxes (cx, cy, w, h,
     angle in pixels), labels, origin. Atomic: a failed write leaves no partial file."""

@@ -75,7 +75,8 @@ def image_quality(images: np.ndarray | torch.Tensor) -> list[dict]:
 
 @dataclass
 class QualityThresholds:
-    """Limits of `quality_reasons`, calibrated on the real deepforest tiles (64 px, 0.2 m/px).
+    """Limits of `quality_reasons`, chosen by hand on the real deepforest tiles (64 px, 0.2 m/px);
+    `earthsynth augment` calibrates its own on real tiles each run (filter.calibrate).
 
     max_saturated_fraction: reject above this fraction of fully clipped pixels (real tiles:
         at most ~0.001; a few dark shadows or bright snags are fine, a blown-out image is not).
@@ -160,16 +161,32 @@ class DuplicateIndex:
         self.keys.append(str(key))
         self._rows.append(signature(image))
 
+    def _stacked(self) -> np.ndarray:
+        if len(self._matrix) != len(self._rows):
+            self._matrix = np.stack(self._rows)
+        return self._matrix
+
     def nearest(self, image) -> tuple[str | None, float]:
         """The most similar stored key and its cosine similarity in [-1, 1]; (None, -1.0)
         when the index is empty."""
         if not self.keys:
             return None, -1.0
-        if len(self._matrix) != len(self._rows):
-            self._matrix = np.stack(self._rows)
-        similarities = self._matrix @ signature(image)
+        similarities = self._stacked() @ signature(image)
         best = int(np.argmax(similarities))
         return self.keys[best], float(similarities[best])
+
+    def nearest_others(self, keys: list[str]) -> list[tuple[str | None, float]]:
+        """For stored images (by key): the most similar other stored image, as `nearest` gives
+        it ((None, -1.0) when there is none): how close real tiles come to one another."""
+        matrix = self._stacked()
+        rows = {key: k for k, key in enumerate(self.keys)}
+        picked = [rows[key] for key in keys]
+        similarities = matrix[picked] @ matrix.T
+        similarities[np.arange(len(picked)), picked] = -np.inf
+        if not similarities.size:
+            return [(None, -1.0)] * len(picked)
+        best = similarities.argmax(axis=1)
+        return [(self.keys[b], float(s[b])) if s[b] > -np.inf else (None, -1.0) for b, s in zip(best, similarities)]
 
     def is_duplicate(self, image) -> tuple[bool, str | None, float]:
         """(similarity >= threshold, nearest key, similarity)."""

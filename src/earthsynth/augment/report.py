@@ -2,9 +2,11 @@
 
 Both are built from the output folder of `earthsynth augment`: the manifest records (one per
 candidate, accepted or not), the candidate images under candidates/ and the run summary
-(run.json). The figure shows accepted and rejected samples with their layout boxes, the class
-histogram real vs synthetic, the filter pass rates and the timing; the page adds the run
-settings and a table of the candidates. Only PIL, numpy and cv2 are used, so nothing is
+(run.json). The figure shows accepted and rejected samples with their layout boxes, objects per
+image and per class real vs accepted, the filter's pass rates for real tiles and candidates and
+the timing; the page adds the run settings, the thresholds and a table of the candidates.
+"accepted" is what the written datasets hold; "passed" the candidates that passed every check
+(the accepted ones and those the set did not need, see jobs.augment.accept_quota). Only PIL, numpy and cv2 are used, so nothing is
 downloaded and no plotting library is needed.
 """
 
@@ -22,12 +24,12 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from earthsynth.augment.filter import BOUNDS, CHECKS
 from earthsynth.boxes import Boxes
 from earthsynth.data.common import atomic_write, one_line
 from earthsynth.data.jsonl import read_jsonl
 from earthsynth.errors import InputError
 
-CHECKS = ("quality", "layout", "semantic", "duplicate")  # the filter's checks, in pipeline order
 GRID_SAMPLES = 16  # samples per grid in the figure
 GRID_COLUMNS = 8
 CELL = 192  # thumbnail size in the figure: 64 px tiles upscaled x3
@@ -131,13 +133,39 @@ def load_candidate(out_dir: Path, record: dict) -> np.ndarray | None:
 
 # ----------------------------------------------------------------------------- numbers
 def pass_rates(records: list[dict]) -> dict[str, tuple[int, int]]:
-    """Per check and "accepted": (candidates passing, candidates that have the check)."""
+    """Per check, "passed" (every check) and "accepted" (written): (candidates passing,
+    candidates that have the check). A record without "passed" passed if it was accepted."""
     rates = {}
     for name in CHECKS:
         have = [r["checks"][name] for r in records if name in (r.get("checks") or {})]
         rates[name] = (sum(bool(v) for v in have), len(have))
+    rates["passed"] = (sum(bool(r.get("passed", r.get("accepted"))) for r in records), len(records))
     rates["accepted"] = (sum(bool(r.get("accepted")) for r in records), len(records))
     return rates
+
+
+def real_rates(run: dict) -> dict[str, tuple[int, int]]:
+    """Per check: (real tiles passing, real tiles judged) from run.json (empty when not recorded)."""
+    real = (run.get("pass_rates") or {}).get("real") or {}
+    return {name: (int(real[name][0]), int(real[name][1])) for name in CHECKS if name in real}
+
+
+def histogram_rows(run: dict) -> list[tuple[str, float, float]]:
+    """(objects in an image, share of real images, share of accepted images) for every count
+    either set has, from run.json's objects_histogram of "real" and "synthetic"."""
+    hists = [list((run.get(name) or {}).get("objects_histogram") or []) for name in ("real", "synthetic")]
+    totals = [sum(h) for h in hists]
+    size = max(len(h) for h in hists)
+    return [(str(k), *(h[k] / t if t and k < len(h) else 0.0 for h, t in zip(hists, totals))) for k in range(size)]
+
+
+def check_thresholds(run: dict, check: str) -> str:
+    """The thresholds of one check as run.json records them, "(calibrated)" after those that were."""
+    thresholds = run.get("thresholds") or {}
+    calibrated = set((run.get("calibration") or {}).get("calibrated") or [])
+    parts = [f"{name} {thresholds[name]:g}{' (calibrated)' if name in calibrated else ''}"
+             for name, (of, _, _) in BOUNDS.items() if of == check and isinstance(thresholds.get(name), int | float)]
+    return ", ".join(parts) or "not recorded"
 
 
 def class_rates(records: list[dict], run: dict) -> list[tuple[str, float, float]]:
@@ -274,13 +302,13 @@ def draw_grid(canvas: Image.Image, top: int, title: str, records: list[dict], ou
     return top + rows * (CELL + label_h + GAP)
 
 
-def draw_class_chart(canvas: Image.Image, box: tuple[int, int, int, int], rows: list[tuple[str, float, float]],
-                     real_images: int, synth_images: int) -> None:
-    """Grouped vertical bars: objects per image per class, real (grey) vs synthetic accepted."""
+def draw_grouped_bars(canvas: Image.Image, box: tuple[int, int, int, int], rows: list[tuple[str, float, float]],
+                      real_images: int, synth_images: int, title: str, y_label: str, x_label: str) -> None:
+    """Grouped vertical bars, one group per row: real (grey) vs synthetic accepted."""
     x0, y0, x1, y1 = box
     draw = ImageDraw.Draw(canvas)
     title_font, font = load_font(16), load_font(12)
-    draw.text((x0, y0), "class counts: objects per image", fill=(0, 0, 0), font=title_font)
+    draw.text((x0, y0), title, fill=(0, 0, 0), font=title_font)
     # legend under the title
     legend_y = y0 + 24
     lx = x0
@@ -292,7 +320,7 @@ def draw_class_chart(canvas: Image.Image, box: tuple[int, int, int, int], rows: 
     # plot area: room for the y label and ticks on the left, class names and x label below
     px0, py0, px1, py1 = x0 + 70, y0 + 60, x1 - 10, y1 - 44
     if not rows:
-        draw.text((px0, (py0 + py1) // 2), "no objects", fill=(90, 90, 90), font=font)
+        draw.text((px0, (py0 + py1) // 2), "nothing to show", fill=(90, 90, 90), font=font)
         return
     top_value = max(max(r[1], r[2]) for r in rows)
     y_max = top_value * 1.15 if top_value > 0 else 1.0
@@ -305,12 +333,12 @@ def draw_class_chart(canvas: Image.Image, box: tuple[int, int, int, int], rows: 
         text = f"{value:.2f}"
         draw.text((px0 - 6 - font.getlength(text), y - 7), text, fill=(0, 0, 0), font=font)
     # the y axis label, written on its own image and turned upright
-    label = "objects per image"
+    label = y_label
     label_image = Image.new("RGB", (int(font.getlength(label)) + 4, 16), (255, 255, 255))
     ImageDraw.Draw(label_image).text((2, 1), label, fill=(0, 0, 0), font=font)
     label_image = label_image.rotate(90, expand=True)
     canvas.paste(label_image, (x0 + 2, (py0 + py1 - label_image.height) // 2))
-    draw.text(((px0 + px1) / 2 - font.getlength("class") / 2, y1 - 16), "class", fill=(0, 0, 0), font=font)
+    draw.text(((px0 + px1) / 2 - font.getlength(x_label) / 2, y1 - 16), x_label, fill=(0, 0, 0), font=font)
     group = (px1 - px0) / len(rows)
     bar = group * 0.35
     for k, (name, real_rate, synth_rate) in enumerate(rows):
@@ -327,23 +355,28 @@ def draw_class_chart(canvas: Image.Image, box: tuple[int, int, int, int], rows: 
                   fill=(0, 0, 0), font=font)
 
 
-def draw_pass_rates(canvas: Image.Image, box: tuple[int, int, int, int], rates: dict[str, tuple[int, int]]) -> None:
-    """Horizontal bars: the fraction of candidates passing each check, and overall acceptance."""
+def draw_pass_rates(canvas: Image.Image, box: tuple[int, int, int, int], rates: dict[str, tuple[int, int]],
+                    real: dict[str, tuple[int, int]]) -> None:
+    """Horizontal bars: the fraction of real tiles (grey, where recorded) and of candidates
+    passing each check, then the candidates passing all and accepted."""
     x0, y0, x1, _ = box
     draw = ImageDraw.Draw(canvas)
-    title_font, font = load_font(16), load_font(14)
-    draw.text((x0, y0), "filter pass rates (fraction of candidates)", fill=(0, 0, 0), font=title_font)
-    label_w, text_w = 100, 140
+    title_font, font, small = load_font(16), load_font(14), load_font(11)
+    draw.text((x0, y0), "pass rates: real tiles (grey), candidates", fill=(0, 0, 0), font=title_font)
+    label_w, text_w = 80, 120
     bar_x0, bar_x1 = x0 + label_w, x1 - text_w
     for k, name in enumerate(rates):
-        passed, total = rates[name]
-        y = y0 + 40 + k * 44
-        draw.text((x0, y + 6), name, fill=(0, 0, 0), font=font)
-        draw.rectangle((bar_x0, y, bar_x1, y + 26), outline=(160, 160, 160), fill=(240, 240, 240))
-        if total:
-            colour = (60, 160, 75) if name == "accepted" else SYNTH_COLOUR
-            draw.rectangle((bar_x0, y, bar_x0 + (bar_x1 - bar_x0) * passed / total, y + 26), fill=colour)
-        draw.text((bar_x1 + 8, y + 6), percent(passed, total), fill=(0, 0, 0), font=font)
+        y = y0 + 34 + k * 40
+        draw.text((x0, y + 8), name, fill=(0, 0, 0), font=font)
+        bars = ([(real[name], REAL_COLOUR)] if name in real else []) + [
+            (rates[name], (60, 160, 75) if name == "accepted" else SYNTH_COLOUR)]
+        height = 34 // len(bars)
+        for j, ((passed, total), colour) in enumerate(bars):
+            top = y + j * height
+            draw.rectangle((bar_x0, top, bar_x1, top + height - 2), outline=(160, 160, 160), fill=(240, 240, 240))
+            if total:
+                draw.rectangle((bar_x0, top, bar_x0 + (bar_x1 - bar_x0) * passed / total, top + height - 2), fill=colour)
+            draw.text((bar_x1 + 6, top + (height - 14) // 2), percent(passed, total), fill=(0, 0, 0), font=small)
 
 
 def render_figure(out_dir: Path, records: list[dict], run: dict) -> Image.Image:
@@ -361,9 +394,10 @@ def render_figure(out_dir: Path, records: list[dict], run: dict) -> Image.Image:
     height = MARGIN + 60 + grid_h[0] + 10 + grid_h[1] + 10 + chart_h + 40 + MARGIN
     canvas = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
-    passed, total = pass_rates(records)["accepted"]
-    draw.text((MARGIN, MARGIN), f"earthsynth augment report: {total} candidates, {percent(passed, total)} accepted",
-              fill=(0, 0, 0), font=load_font(24))
+    rates = pass_rates(records)
+    passed, total = rates["passed"]
+    draw.text((MARGIN, MARGIN), f"earthsynth augment report: {total} candidates, {passed} passed the filter, "
+              f"{percent(*rates['accepted'])} accepted", fill=(0, 0, 0), font=load_font(24))
     settings = f"model {run.get('model', '?')}   seed {run.get('seed', '?')}   images wanted {run.get('num_images', '?')}"
     draw.text((MARGIN, MARGIN + 32), fit_text(settings, load_font(14), width - 2 * MARGIN), fill=(60, 60, 60),
               font=load_font(14))
@@ -378,9 +412,13 @@ def render_figure(out_dir: Path, records: list[dict], run: dict) -> Image.Image:
     y = draw_grid(canvas, y, f"accepted ({len(accepted)})", accepted, out_dir, colours, fallback_size, False) + 10
     y = draw_grid(canvas, y, f"rejected ({len(rejected)})", rejected, out_dir, colours, fallback_size, True) + 10
     real_images = int((run.get("real") or {}).get("images") or 0)
-    half = width // 2
-    draw_class_chart(canvas, (MARGIN, y, half - GAP, y + chart_h), class_rates(records, run), real_images, len(accepted))
-    draw_pass_rates(canvas, (half + GAP, y, width - MARGIN, y + chart_h), pass_rates(records))
+    third = (width - 2 * MARGIN) // 3
+    lefts = [MARGIN + k * third for k in range(3)]
+    draw_grouped_bars(canvas, (lefts[0], y, lefts[1] - GAP, y + chart_h), histogram_rows(run), real_images,
+                      len(accepted), "objects per image: share of images", "share of images", "objects in the image")
+    draw_grouped_bars(canvas, (lefts[1], y, lefts[2] - GAP, y + chart_h), class_rates(records, run), real_images,
+                      len(accepted), "class counts: objects per image", "objects per image", "class")
+    draw_pass_rates(canvas, (lefts[2], y, width - MARGIN, y + chart_h), rates, real_rates(run))
     draw.text((MARGIN, y + chart_h + 10), timing_text(run), fill=(0, 0, 0), font=load_font(16))
     return canvas
 
@@ -424,20 +462,36 @@ def render_html(out_dir: Path, records: list[dict], run: dict, figure_uri: str) 
              "<h1>earthsynth augment report</h1>"]
 
     # run settings: every top-level scalar or list of run.json, plus the thresholds
+    skipped = ("real", "synthetic", "timing", "thresholds", "calibration", "pass_rates")
     settings = [[key, value if isinstance(value, str) else json.dumps(value)]
-                for key, value in run.items() if key not in ("real", "synthetic", "timing", "thresholds")]
+                for key, value in run.items() if key not in skipped]
     settings += [[f"thresholds.{key}", json.dumps(value)] for key, value in (run.get("thresholds") or {}).items()]
     parts += ["<h2>Run settings</h2>", table(["setting", "value"], settings)]
 
-    summary = [["candidates", str(total)], ["accepted", str(passed)], ["rejected", str(total - passed)],
-               ["acceptance rate", percent(passed, total)]]
-    if "accepted" in run and run["accepted"] != passed:
-        summary.append(["written to the dataset", str(run["accepted"])])
-    summary += [[f"passes {name} check", percent(*rates[name])] for name in CHECKS]
+    summary = [["candidates", str(total)], ["passed the filter", str(rates["passed"][0])],
+               ["accepted", str(passed)], ["rejected", str(total - passed)], ["acceptance rate", percent(passed, total)]]
     summary.append(["timing", timing_text(run).removeprefix("timing: ")])
     parts += ["<h2>Summary</h2>", table(["", ""], summary)]
 
+    real_pass = real_rates(run)
+    calibration = run.get("calibration") or {}
+    share = calibration.get("real_pass_share")
+    checks = [[name, check_thresholds(run, name), (calibration.get("tiles") or {}).get(name, "not recorded"),
+               percent(*real_pass[name]) if name in real_pass else "n/a", percent(*rates[name])] for name in CHECKS]
+    checks.append(["all (passed)", "", "", "", percent(*rates["passed"])])
+    parts += ["<h2>Filter checks: real tiles and candidates</h2>",
+              f"<p>Thresholds marked calibrated were set so that {html.escape(f'{share:.0%}' if share else '?')} "
+              "of the real tiles named pass that check; the rest were fixed in the settings.</p>",
+              table(["check", "thresholds", "real tiles", "real tiles passing", "candidates passing"], checks)]
+
     real = run.get("real") or {}
+    synthetic = run.get("synthetic") or {}
+    means = [["mean", f"{real.get('objects_per_image', 0):.2f}", f"{synthetic.get('objects_per_image', 0):.2f}"]]
+    hist = [[k, f"{real_share:.1%}", f"{synth_share:.1%}"] for k, real_share, synth_share in histogram_rows(run)]
+    parts += ["<h2>Objects per image</h2>",
+              f"<p>real: {html.escape(str(real.get('images', 0)))} images; accepted: {passed} images.</p>",
+              table(["objects in the image", "real", "accepted"], means + hist)]
+
     classes = [[name, f"{real_rate:.3f}", f"{synth_rate:.3f}"] for name, real_rate, synth_rate in class_rates(records, run)]
     parts += ["<h2>Classes: objects per image</h2>",
               f"<p>real: {html.escape(str(real.get('images', 0)))} images; synthetic accepted: {passed} images"

@@ -26,6 +26,7 @@ hidden temporaries a killed one left.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -42,9 +43,25 @@ import torch
 import yaml
 from PIL import Image
 
-from earthsynth.augment.filter import FilterConfig, SampleFilter
-from earthsynth.augment.layouts import LayoutRecord, LayoutSampler, layout_statistics, save_layouts
-from earthsynth.augment.report import load_manifest, record_boxes
+from earthsynth.augment.filter import (
+    CHECKS,
+    FilterConfig,
+    SampleFilter,
+    calibrate,
+    real_pass_rates,
+    real_tile_scores,
+)
+from earthsynth.augment.layouts import (
+    CountQuota,
+    LayoutRecord,
+    LayoutSampler,
+    count_targets,
+    layout_statistics,
+    objects_histogram,
+    save_layouts,
+)
+from earthsynth.augment.quality import DuplicateIndex
+from earthsynth.augment.report import load_manifest, pass_rates, record_boxes
 from earthsynth.boxes import Boxes
 from earthsynth.data.captions import land_cover_phrase, make_caption
 from earthsynth.data.common import (
@@ -445,7 +462,7 @@ def run_augment(out: str | Path, config: AugmentConfig, data: str | None = None,
             start_writing(out, settings)
         state.wait_for_everyone()
         timing = generate(out, config, pipe, detector, classifier, tiles, layouts, prompt_tiles, done, size,
-                          model_name, max_candidates, undo, state, show_progress, class_map)
+                          model_name, max_candidates, undo, state, show_progress, class_map, demo=records is None)
         summary = {}
         if state.is_main_process:
             summary = finish(out, config, sampler, layouts, tiles, size, model_name, timing, started, class_names)
@@ -470,31 +487,32 @@ def start_writing(out: Path, settings: dict) -> None:
 def generate(out: Path, config: AugmentConfig, pipe, detector, classifier, tiles: list[RealTile],
              layouts: list[LayoutRecord], prompt_tiles: list[RealTile], done: dict[int, dict], size: int,
              model_name: str, max_candidates: int, undo: RunUndo, state, show_progress: bool,
-             class_map: dict[str, str] | None = None) -> dict:
+             class_map: dict[str, str] | None = None, demo: bool = False) -> dict:
     """This process's share of the candidates (i % world == rank) until its share of the
-    accepted images is there; each goes to candidates/ and a line of its manifest shard."""
+    accepted images is there (accept_quota); each goes to candidates/ and a line of its manifest
+    shard. Returns the timing and the filter's calibration (calibrated_filter)."""
     rank, world = state.process_index, state.num_processes
-    quota = math.ceil(config.num_images / world)
+    quota = accept_quota(config, layouts, world)
     mine = [i for i in range(rank, max_candidates, world)]
-    accepted = sum(1 for i in mine if i in done and done[i]["accepted"])
+    for i in mine:  # what earlier runs accepted (they generated in index order)
+        if i in done and done[i]["passed"]:
+            quota.take(len(done[i]["layout"]["labels"]))
     todo = [i for i in mine if i not in done]
 
-    filt = SampleFilter(config.filter, detector, classifier)
-    for tile in tiles:
-        filt.add_reference(f"real:{tile.image_id}", tile.pixels)
-    for i in sorted(done):  # accepted images of earlier runs are references too
-        if done[i]["accepted"] and (out / done[i]["file"]).exists():
+    filt, calibration = calibrated_filter(config.filter, detector, classifier, tiles, size, class_map, demo)
+    for i in sorted(done):  # images earlier runs passed are references too
+        if done[i]["passed"] and (out / done[i]["file"]).exists():
             filt.add_reference(done[i]["image_id"], np.asarray(Image.open(out / done[i]["file"]).convert("RGB")))
 
-    timing = {"generate_s": 0.0, "filter_s": 0.0, "generated": 0}
+    timing = {"generate_s": 0.0, "filter_s": 0.0, "generated": 0, "filter": calibration}
     # the bar counts candidates, accepted or not: its total is how many the acceptance rate so
     # far says are needed (at most max_candidates), so its ETA is the run's
     progress = JobProgress(len(mine), f"augment [{rank}]" if world > 1 else "augment", unit="candidate",
                            disable=not show_progress or not state.is_local_main_process, initial=len(mine) - len(todo))
-    progress.bar.set_postfix(accepted=f"{min(accepted, quota)}/{quota}")
+    progress.bar.set_postfix(accepted=f"{quota.total}/{quota.wanted}")
     with undo.open_shard() as shard:
         position = 0
-        while accepted < quota and position < len(todo):
+        while not quota.full() and position < len(todo):
             batch = todo[position:position + config.batch_size]
             position += len(batch)
             seeds = [config.seed * 1_000_003 + i for i in batch]
@@ -518,22 +536,104 @@ def generate(out: Path, config: AugmentConfig, pipe, detector, classifier, tiles
                 with atomic_write(out / file, "wb") as f:
                     Image.fromarray(image).save(f, format="PNG")
                 boxes = layouts[i].boxes
+                # accepted: this process's own count; finish decides over all of them
                 record = {"index": i, "image_id": key, "file": file, "seed": seed, "prompt": prompt,
                           "origin": layouts[i].origin,
                           "layout": {"rboxes": boxes.rboxes.round(3).tolist(), "labels": boxes.labels,
                                      "rotated": bool(boxes.rotated)},
-                          **verdict, "model": model_name, "rank": rank}
+                          **verdict, "accepted": verdict["passed"] and quota.take(len(boxes)),
+                          "model": model_name, "rank": rank}
                 shard.write(json.dumps(record) + "\n")
                 shard.flush()
-                if verdict["accepted"] and accepted < quota:
-                    accepted += 1
             tried = len(mine) - len(todo) + position
-            progress.bar.total = min(len(mine), expected_candidates(tried, accepted, quota))
-            progress.bar.set_postfix(accepted=f"{accepted}/{quota}", refresh=False)
+            progress.bar.total = min(len(mine), expected_candidates(tried, quota.total, quota.wanted))
+            progress.bar.set_postfix(accepted=f"{quota.total}/{quota.wanted}", refresh=False)
             progress.update(len(batch))
     progress.close()
     state.wait_for_everyone()
     return timing
+
+
+def accept_quota(config: AugmentConfig, layouts: list[LayoutRecord], share: int = 1) -> CountQuota:
+    """Which candidates that pass the filter the dataset takes: with the filter on, images with
+    k objects as long as they are fewer than num_images x the share of the drawn layouts with k
+    objects (the sampler draws the real tiles' distribution, so the accepted set keeps it
+    however much more often empty layouts pass); with it off, the first num_images. `share`:
+    the processes sharing the candidates, each takes 1 / share of every target (rounded up)."""
+    if not config.filter.enabled:
+        return CountQuota([math.ceil(config.num_images / share)], pooled=True)
+    targets = count_targets(objects_histogram(layouts), config.num_images)
+    return CountQuota([math.ceil(t / share) for t in targets])
+
+
+CALIBRATION_TILES = 256  # real tiles per calibration set at most (a seeded choice): cheap, and 1% quantiles
+
+
+@functools.lru_cache(maxsize=2)
+def bundled_calibration_tiles(size: int) -> tuple[list[tuple[np.ndarray, Boxes]], frozenset[str]]:
+    """The validation image SOAP_061 cut with half-tile overlap ((pixels, boxes); 36 tiles at
+    64 px), and the ids of the bundled training tiles (demo_tiles) that lie above the in-domain
+    test area and its buffer. Cached: tests run many small jobs."""
+    from earthsynth.data.tiles import RealTiles
+
+    val = RealTiles("val", tile_size=size, gsd_factors=(2,), overlap=size // 2).tiles
+    outside = RealTiles("train", tile_size=size, gsd_factors=(2,), exclude_test_area=True).tiles
+    return ([(t.pixels, t.boxes) for t in val],
+            frozenset(f"{t.source.image_id}_x{t.window[0]}_y{t.window[1]}" for t in outside))
+
+
+def calibration_tiles(tiles: list[RealTile], size: int, demo: bool) -> tuple[list, list, dict]:
+    """The real tiles the filter's thresholds are calibrated on: (model tiles: (pixels, boxes),
+    image tiles: (reference key, pixels), where each set comes from).
+
+    The detector and classifier judge tiles they were not trained on: the validation image
+    SOAP_061 for the bundled tiles, a user's own tiles otherwise. The quality and duplicate
+    checks use no trained model; they take the tiles the generator imitates (of the bundled
+    ones those above the in-domain test area and its buffer): SOAP's forest has other texture
+    (edge energy at most 0.054 where the median YELL tile has 0.059), so bounds taken from it
+    would turn away half the real training tiles. Never the test image OSBS_029, never the
+    in-domain test area."""
+    rng = np.random.default_rng(0)
+
+    def at_most(items: list) -> list:
+        if len(items) <= CALIBRATION_TILES:
+            return items
+        return [items[k] for k in sorted(rng.choice(len(items), CALIBRATION_TILES, replace=False))]
+
+    if demo:
+        val, outside = bundled_calibration_tiles(size)
+        model_tiles = at_most(val)
+        image_tiles = at_most([t for t in tiles if t.image_id in outside])
+        model_where = f"SOAP_061, the validation image ({len(model_tiles)} tiles, half-tile overlap)"
+        image_where = f"the training images above the in-domain test area ({len(image_tiles)} tiles)"
+    else:
+        image_tiles = at_most(tiles)
+        model_tiles = [(t.pixels, t.boxes) for t in image_tiles]
+        model_where = image_where = f"the input's tiles ({len(image_tiles)} of {len(tiles)})"
+    return (model_tiles, [(f"real:{t.image_id}", t.pixels) for t in image_tiles],
+            {"layout": model_where, "semantic": model_where, "quality": image_where, "duplicate": image_where})
+
+
+def calibrated_filter(config: FilterConfig, detector, classifier, tiles: list[RealTile], size: int,
+                      class_map: dict[str, str] | None, demo: bool) -> tuple[SampleFilter, dict]:
+    """The filter with the real tiles as duplicate references and every threshold left empty
+    calibrated (filter.calibrate), and what a report needs of that: the thresholds, which were
+    calibrated, on which tiles, and the real tiles' pass rate of each check."""
+    duplicates = DuplicateIndex()
+    for tile in tiles:
+        duplicates.add(f"real:{tile.image_id}", tile.pixels)
+    model_tiles, image_tiles, where = calibration_tiles(tiles, size, demo)
+    if demo:  # the validation image's classes as the models know them (SOAP's Alive and Dead are trees)
+        class_map = model_class_map(sorted({label for _, boxes in model_tiles for label in boxes.labels}),
+                                    detector, classifier)
+    model_tiles = [(pixels, as_model_classes(boxes, class_map)) for pixels, boxes in model_tiles]
+    model_scores, image_scores = real_tile_scores(config, detector, classifier, model_tiles, image_tiles, duplicates)
+    resolved, calibrated = calibrate(config, model_scores, image_scores)
+    rates = real_pass_rates(resolved, model_scores, image_scores)
+    return SampleFilter(resolved, detector, classifier, duplicates), {
+        "thresholds": asdict(resolved), "calibrated": calibrated, "real_pass_share": config.real_pass_share,
+        "real": {check: {"tiles": where[check], "passed": rates[check][0], "judged": rates[check][1]}
+                 for check in CHECKS}}
 
 
 def expected_candidates(tried: int, accepted: int, wanted: int) -> int:
@@ -572,15 +672,24 @@ def write_candidates(out: Path, records: list[dict], destination: Path, fmt: str
 
 
 def finish(out: Path, config: AugmentConfig, sampler: LayoutSampler, layouts: list[LayoutRecord],
-           tiles: list[RealTile], size: int, model_name: str, timing: dict, started: float,
+           tiles: list[RealTile], size: int, model_name: str, generated: dict, started: float,
            class_names: list[str] | None = None) -> dict:
-    """Merge the shards: the first num_images accepted candidates by index become the datasets.
-    Everything is written into a hidden folder first and moved into place at the end, run.json
-    last, so a failure here leaves the earlier outputs as they were."""
+    """Merge the shards: the candidates that passed the filter are taken by index as the
+    acceptance quota of all processes says (accept_quota), and become the datasets; "accepted"
+    in manifest.jsonl, run.json and the report is what the datasets hold. Everything is
+    written into a hidden folder first and moved into place at the end, run.json last, so a
+    failure here leaves the earlier outputs as they were. `generated`: generate's timing and
+    calibration (of the main process; every process calibrates the same)."""
     from earthsynth.augment.report import write_report
 
     records = load_records(out)
-    chosen = [r for r in records if r["accepted"]][: config.num_images]
+    quota = accept_quota(config, layouts)
+    for record in records:
+        objects = len(record["layout"]["labels"])
+        record["accepted"] = record["passed"] and quota.take(objects)
+        if record["passed"] and not record["accepted"]:
+            record["reasons"] = [*record["reasons"], quota.why_not(objects)]
+    chosen = [r for r in records if r["accepted"]]
     gsd = next((t.gsd for t in tiles if t.gsd), None)
     staging = new_hidden_folder(out / "finish")
     try:
@@ -591,20 +700,30 @@ def finish(out: Path, config: AugmentConfig, sampler: LayoutSampler, layouts: li
         sampler.save(staging / "sampler.json")
         save_layouts(staging / "layouts.jsonl", layouts)
 
-        real = layout_statistics([(t.image_id, size, size, t.boxes) for t in tiles])
-        synthetic = layout_statistics([(r["image_id"], size, size, record_boxes(r)) for r in chosen])
+        sets = {"real": [(t.image_id, size, size, t.boxes) for t in tiles],
+                "synthetic": [(r["image_id"], size, size, record_boxes(r)) for r in chosen]}
+        objects = {}
+        for name, layouts_of_set in sets.items():
+            stats = layout_statistics(layouts_of_set)
+            objects[name] = {"images": stats["images"], "objects_per_image": stats["mean_objects_per_image"],
+                             "objects_histogram": objects_histogram(layouts_of_set),
+                             "class_counts": {k: v["objects"] for k, v in stats["classes"].items()}}
+        filtering = generated["filter"]
+        candidate_rates = pass_rates(records)
         total = time.perf_counter() - started
         summary = {
-            "candidates": len(records), "accepted": len(chosen), "wanted": config.num_images,
-            "real": {"images": real["images"], "objects_per_image": real["mean_objects_per_image"],
-                     "class_counts": {k: v["objects"] for k, v in real["classes"].items()}},
-            "synthetic": {"images": synthetic["images"], "objects_per_image": synthetic["mean_objects_per_image"],
-                          "class_counts": {k: v["objects"] for k, v in synthetic["classes"].items()}},
-            "timing": {"total_s": round(total, 1), "generate_s": round(timing["generate_s"], 1),
-                       "filter_s": round(timing["filter_s"], 1), "write_s": round(time.perf_counter() - t0, 1),
-                       "images_per_s": round(timing["generated"] / max(timing["generate_s"], 1e-9), 2)},
+            "candidates": len(records), "passed": candidate_rates["passed"][0], "accepted": len(chosen),
+            "wanted": config.num_images, **objects,
+            "timing": {"total_s": round(total, 1), "generate_s": round(generated["generate_s"], 1),
+                       "filter_s": round(generated["filter_s"], 1), "write_s": round(time.perf_counter() - t0, 1),
+                       "images_per_s": round(generated["generated"] / max(generated["generate_s"], 1e-9), 2)},
             "model": model_name, "seed": config.seed, "num_images": config.num_images, "formats": config.out_formats,
-            "thresholds": asdict(config.filter), "image_size": size, "gsd": gsd,
+            "thresholds": filtering["thresholds"], "image_size": size, "gsd": gsd,
+            "calibration": {"real_pass_share": filtering["real_pass_share"], "calibrated": filtering["calibrated"],
+                            "tiles": {check: filtering["real"][check]["tiles"] for check in CHECKS}},
+            "pass_rates": {"real": {check: [filtering["real"][check]["passed"], filtering["real"][check]["judged"]]
+                                    for check in CHECKS},
+                           "candidates": {name: list(rate) for name, rate in candidate_rates.items()}},
         }
         write_report(out, records, summary, target=staging)
         (staging / "run.json").write_text(json.dumps(summary, indent=2))
