@@ -12,8 +12,11 @@ Data (earthsynth.data.sources.in_domain_areas; rows of each YELL training image 
     val             SOAP_061: the cross-site validation image (its Alive / Dead count as one class)
 The detector trains on the rows above indomain-val ("indomain-train") when it stops on
 indomain-val (the default), and on the rows above the test buffer when it stops on SOAP_061:
-never on a test area, a buffer or the data it stops on. Scored and validation areas are taken
-whole (no crown cut at a tile edge) at the working resolution.
+never on a test area, a buffer or the data it stops on. Validation and test are scored as tiles
+of the working size, the size the detector trains on: it standardises each image, so its score
+falls as the input grows (one detector, in-domain test: 19.3 mAP50 on 64 px tiles, 11.9 on
+128 px, 6.1 on the whole strip). A split with no tile that fits (a 256 px tile at 0.2 m/px is
+512 rows; the validation block of the smaller image is 128) is refused.
 
 Detector: the recipe (the bundled detector's training config, or --detector-config) at the
 generator's working resolution (the augment run's image size and GSD), with random flips,
@@ -206,18 +209,22 @@ def write_set(destination: Path, images: Iterable[tuple[str, np.ndarray, object]
     return destination
 
 
-def area_samples(split: str, factor: int) -> list[dict]:
-    """The whole areas of a split at the working resolution, as sample dicts."""
-    from earthsynth.data.schema import image_to_tensor
-    from earthsynth.data.tiles import real_areas
+def tile_samples(split: str, tile_size: int, factor: int, option: str) -> list[dict]:
+    """The tiles of a split at the working size and resolution as sample dicts, cut once;
+    one line naming `option` when none fits."""
+    from earthsynth.data.sources import DEEPFOREST_GSD
+    from earthsynth.data.tiles import RealTiles
 
-    return [{"image": image_to_tensor(area.pixels), "boxes": area.boxes,
-             "image_id": f"{area.source.image_id}_y{area.window[1]}"} for area in real_areas(split, factor)]
+    tiles = RealTiles(split, tile_size=tile_size, gsd_factors=[factor])
+    if not len(tiles):
+        raise InputError(option, f"no {tile_size} px tile at {factor * DEEPFOREST_GSD:g} m/px fits in {split} "
+                                 f"({SPLIT_NAMES[split]}); the synthetic images are too large for it")
+    return [{"image": s["image"], "boxes": s["boxes"], "image_id": s["image_id"]} for s in tiles]
 
 
-def describe_areas(split: str, samples: list[dict]) -> dict:
-    return {"split": split, "what": SPLIT_NAMES[split], "areas": [s["image_id"] for s in samples],
-            "sizes": [list(s["image"].shape[-2:]) for s in samples], "objects": sum(len(s["boxes"]) for s in samples)}
+def describe(split: str, samples: list[dict]) -> dict:
+    return {"split": split, "what": SPLIT_NAMES[split], "tiles": len(samples),
+            "objects": sum(len(s["boxes"]) for s in samples)}
 
 
 def one_class(samples: list[dict], class_names: list[str]) -> bool:
@@ -325,6 +332,8 @@ def run_evaluate(out: str | Path, config: EvaluateConfig, log=print) -> dict:
     if labels:
         raise InputError(synthetic, f"the synthetic labels {labels} are not among the detector's classes "
                                     f"{class_names}; give a --detector-config with them")
+    scored = tile_samples(config.split, tile_size, factor, "--split")
+    validation = tile_samples(config.stop_split, tile_size, factor, "--stop-on")
     conditions = [c for c in CONDITIONS
                   if c in config.conditions and not (c == "real_full" and config.real_fraction == 1)]
     wanted = [name for name in ("filtered", "unfiltered") if name in conditions
@@ -337,8 +346,6 @@ def run_evaluate(out: str | Path, config: EvaluateConfig, log=print) -> dict:
         if fresh:
             shutil.rmtree(out, ignore_errors=True)
         raise
-    scored = area_samples(config.split, factor)
-    validation = area_samples(config.stop_split, factor)
     log(f"scoring on {SPLIT_NAMES[config.split]} ({sum(len(s['boxes']) for s in scored)} objects), stopping on "
         f"{SPLIT_NAMES[config.stop_split]}; {tile_size} px tiles at {factor * DEEPFOREST_GSD:g} m/px; budget "
         f"{config.max_steps} steps per run, scored every {config.eval_every}, patience {config.patience}")
@@ -374,8 +381,8 @@ def run_evaluate(out: str | Path, config: EvaluateConfig, log=print) -> dict:
                    paired_difference([r["mAP50"] for r in rows], reference),
                    "runs": rows}
             for name, rows in runs.items()},
-        "protocol": {"scored_on": describe_areas(config.split, scored),
-                     "stopped_on": describe_areas(config.stop_split, validation),
+        "protocol": {"scored_on": describe(config.split, scored),
+                     "stopped_on": describe(config.stop_split, validation),
                      "trained_on": "indomain-train" if config.stop_split == "indomain-val" else
                      "train, above the in-domain test buffer",
                      "tile_size": tile_size, "gsd_m": round(factor * DEEPFOREST_GSD, 4),

@@ -140,18 +140,6 @@ def split_rows(image: SourceImage, split: str, exclude_test_area: bool = False) 
     return None if held_out is None else (0, held_out[0])
 
 
-def real_areas(split: str, factor: int = 1, min_visible: float = 0.5) -> list[Tile]:
-    """Each deepforest image of `split` whole (an in-domain split: its area of each YELL image)
-    as one Tile at 1 / `factor` of the resolution, cut to a multiple of `factor`: scoring on
-    whole areas cuts no crown at tile edges. The sides differ from image to image."""
-    areas = []
-    for image in split_images(split):
-        first, end = split_rows(image, split) or (0, image.header.height)
-        width = image.header.width - image.header.width % factor
-        areas.append(cut_window(image, (0, first, width, end - (end - first) % factor), factor, min_visible))
-    return areas
-
-
 class RealTiles(Dataset):
     """Tiles of the bundled real sources as sample dicts (earthsynth.data.schema.Sample).
 
