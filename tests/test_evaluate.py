@@ -195,6 +195,23 @@ def test_evaluate_runs_every_condition_and_writes_the_table_json_and_chart(tmp_p
     assert "<svg" in page and "<script" not in page and "https://" not in page
     assert page.count("<rect") == 1 + 2 * len(CONDITIONS) - 1  # the background, a bar per row of both panels
 
+    # stopped and run again with one more seed: the finished runs are read back, not retrained
+    (out / "runs" / "filtered_seed1" / "result.json").unlink()  # as if stopped during that run
+    code = main(["evaluate", "--synthetic", str(synthetic), "--out", str(out), "--detector-config",
+                 str(tiny_recipe(tmp_path / "recipe.yaml")), "--seeds", "0,1,2", "--steps", "1", "--eval-every", "1",
+                 "--patience", "1", "--real-fraction", "0.5"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert printed.count("(finished earlier, read back)") == 2 * len(CONDITIONS) - 1
+    again = json.loads((out / "evaluate.json").read_text())
+    assert again["conditions"]["real"]["runs"][:2] == written["conditions"]["real"]["runs"]
+    assert [r["seed"] for r in again["conditions"]["filtered"]["runs"]] == [0, 1, 2]
+    # other settings: nothing is read back
+    code = main(["evaluate", "--synthetic", str(synthetic), "--out", str(out), "--detector-config",
+                 str(tiny_recipe(tmp_path / "recipe.yaml")), "--seeds", "0", "--steps", "2", "--eval-every", "1",
+                 "--patience", "1", "--real-fraction", "0.5", "--conditions", "real"])
+    assert code == 0 and "read back" not in capsys.readouterr().out
+
 
 @pytest.mark.parametrize("extra, run_json, words", [
     (["--conditions", "filtered,unfiltered"], {}, "--conditions: choose from"),

@@ -311,6 +311,31 @@ def train_and_score(tree: dict, validation: list[dict], scored: list[dict], conf
             "train_s": round(time.perf_counter() - started, 1)}
 
 
+RESULT = "result.json"  # a finished (condition, seed): its settings key and its numbers
+
+
+def settings_key(config: EvaluateConfig, recipe: dict, synthetic: Path, tile_size: int, factor: int) -> str:
+    """What a (condition, seed)'s numbers depend on besides the condition and the seed: the
+    settings that shape every run, the recipe, the working resolution and the augment run
+    (its manifest and summary, byte for byte)."""
+    import hashlib
+
+    shaping = {k: v for k, v in asdict(config).items() if k not in ("seeds", "conditions")}
+    digest = hashlib.sha256(json.dumps([shaping, recipe, tile_size, factor], sort_keys=True).encode())
+    for name in ("manifest.jsonl", "run.json"):
+        digest.update((synthetic / name).read_bytes())
+    return digest.hexdigest()
+
+
+def finished_result(run_dir: Path, key: str) -> dict | None:
+    """The numbers of a run finished under the same settings key, else None."""
+    try:
+        stored = json.loads((run_dir / RESULT).read_text())
+        return stored["row"] if stored.get("settings_key") == key else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
 def run_evaluate(out: str | Path, config: EvaluateConfig, log=print) -> dict:
     """Train and score every (condition, seed); returns the summary, written to evaluate.json,
     evaluate.png and evaluate.html."""
@@ -354,10 +379,18 @@ def run_evaluate(out: str | Path, config: EvaluateConfig, log=print) -> dict:
     extra_counts = {"real_full": 0, "real": 0, "filtered": len(chosen["filtered"]),
                     "unfiltered": len(chosen["unfiltered"]), "copy_paste": len(chosen["filtered"]),
                     "copy_paste_filtered": 2 * len(chosen["filtered"])}
+    # a (condition, seed) finished by an earlier evaluate with the same settings and synthetic
+    # run is read back, so an evaluation of hours resumes where it was stopped
+    key = settings_key(config, recipe, synthetic, tile_size, factor)
     for seed in config.seeds:
         for condition in conditions:
             run_dir = out / "runs" / f"{condition}_seed{seed}"
-            shutil.rmtree(run_dir, ignore_errors=True)  # an earlier evaluate's run is not resumed
+            row = finished_result(run_dir, key)
+            if row is not None:
+                runs[condition].append(row)
+                log(f"{condition:<20} seed {seed}: mAP50 {100 * row['mAP50']:.1f} (finished earlier, read back)")
+                continue
+            shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished or other run is not resumed
             tree = run_tree(recipe, config, condition, seed, tile_size, factor, run_dir)
             extra = sets.get(condition)
             if condition in ("copy_paste", "copy_paste_filtered"):
@@ -367,6 +400,8 @@ def run_evaluate(out: str | Path, config: EvaluateConfig, log=print) -> dict:
             if extra is not None:
                 tree["model"].update(extra_data=str(extra), extra_share=config.synthetic_share)
             row = {"seed": seed, **train_and_score(tree, validation, scored, config, class_names)}
+            with atomic_write(run_dir / RESULT) as f:
+                json.dump({"settings_key": key, "row": row}, f, indent=2)
             runs[condition].append(row)
             log(f"{condition:<20} seed {seed}: mAP50 {100 * row['mAP50']:.1f}  mAP50:95 {100 * row['mAP50_95']:.1f}  "
                 f"(best step {row['best_step']}, stopped at {row['stopped_at']}, {row['train_s']} s)")
