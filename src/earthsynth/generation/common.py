@@ -95,6 +95,73 @@ def initial_noise(shape: tuple[int, ...], generator, device, dtype) -> torch.Ten
     return noise.to(device, dtype)
 
 
+def image_tensor(image, name: str) -> torch.Tensor:
+    """PIL image, (H, W, 3) uint8 or float [0, 1] array, or (3, H, W) / (B, 3, H, W) tensor
+    in [0, 1] -> (B, 3, H, W) float in [-1, 1]."""
+    if isinstance(image, torch.Tensor):
+        tensor = image.float()
+        tensor = tensor[None] if tensor.ndim == 3 else tensor
+    else:
+        array = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image)
+        if array.ndim != 3 or array.shape[2] != 3:
+            raise ValueError(f"{name} must be an RGB image (H, W, 3), got shape {array.shape}")
+        array = array.astype(np.float32) / 255.0 if array.dtype == np.uint8 else array.astype(np.float32)
+        tensor = torch.from_numpy(array).permute(2, 0, 1)[None]
+    if tensor.ndim != 4 or tensor.shape[1] != 3:
+        raise ValueError(f"{name} must have 3 channels, got shape {tuple(tensor.shape)}")
+    if not torch.isfinite(tensor).all() or tensor.min() < 0 or tensor.max() > 1:
+        raise ValueError(f"{name} values must be finite and in [0, 1]")
+    return tensor * 2 - 1
+
+
+def mask_tensor(mask, name: str = "mask_image") -> torch.Tensor:
+    """PIL / (H, W) array / tensor, nonzero = regenerate -> (1, 1, H, W) float in {0, 1}."""
+    if isinstance(mask, torch.Tensor):
+        tensor = mask.float()
+    else:
+        array = np.asarray(mask.convert("L") if hasattr(mask, "convert") else mask)
+        tensor = torch.from_numpy(array.astype(np.float32))
+    while tensor.ndim < 4:
+        tensor = tensor[None]
+    if tensor.shape[:2] != (1, 1):
+        raise ValueError(f"{name} must be one (H, W) mask, got shape {tuple(tensor.shape)}")
+    if not torch.isfinite(tensor).all() or tensor.min() < 0:
+        raise ValueError(f"{name} values must be finite and >= 0 (nonzero = draw again)")
+    return (tensor > 0.5 * tensor.max().clamp(min=1e-6)).float()
+
+
+class KnownRegion:
+    """RePaint-style inpainting on the grid the UNet works on (pixels, or scaled latents with a
+    VAE): where keep is 1 the sample is replaced by `known` noised to the level of the step
+    it is at, so the model draws the rest in agreement with it; after the last step it is
+    `known` itself. noise: drawn once, as the starting noise is."""
+
+    def __init__(self, scheduler, known: torch.Tensor, keep: torch.Tensor, noise: torch.Tensor, timesteps):
+        self.scheduler, self.known, self.keep, self.noise, self.timesteps = scheduler, known, keep, noise, timesteps
+
+    def start(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.keep * self.scheduler.add_noise(self.known, self.noise, self.timesteps[:1]) + (1 - self.keep) * latents
+
+    def after_step(self, latents: torch.Tensor, step: int) -> torch.Tensor:
+        if step + 1 < len(self.timesteps):
+            target = self.scheduler.add_noise(self.known, self.noise, self.timesteps[step + 1:step + 2])
+        else:
+            target = self.known
+        return self.keep * target + (1 - self.keep) * latents
+
+
+def feathered_composite(known: torch.Tensor, generated: torch.Tensor, keep: torch.Tensor, band: int) -> torch.Tensor:
+    """known where keep is 1, generated inside the mask, and a linear cross-fade over `band`
+    pixels on the generated side of the border (keep (.., 1, H, W) in {0, 1})."""
+    if band <= 1:
+        return keep * known + (1 - keep) * generated
+    weight = keep.float()
+    for _ in range(band):  # grows the kept side by one pixel per pass, fading as it goes
+        grown = torch.nn.functional.max_pool2d(weight, 3, stride=1, padding=1)
+        weight = torch.maximum(weight, grown - 1.0 / band)
+    return weight * known + (1 - weight) * generated
+
+
 def images_for_output(images: torch.Tensor, output_type: str):
     """(B, 3, H, W) in [-1, 1] -> PIL images ("pil"), (B, H, W, 3) numpy in [0, 1] ("np") or
     (B, 3, H, W) tensors in [0, 1] ("pt")."""

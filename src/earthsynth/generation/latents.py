@@ -182,3 +182,10 @@ class LatentPipelineMixin:
     def decode_samples(self, samples: torch.Tensor) -> torch.Tensor:
         """The loop's samples -> images in [-1, 1] (pixel mode: the samples themselves)."""
         return decode(getattr(self, "vae", None), samples, tile=self.unet.config.sample_size)
+
+    def inpainting_grid(self, known: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """An inpainting image (B, 3, H, W) in [-1, 1] and its keep mask (B or 1, 1, H, W) on the
+        grid the UNet works on: the image encoded, a latent pixel kept where all its pixels are."""
+        f = self.vae_scale_factor
+        known = encode(getattr(self, "vae", None), known)
+        return known, -torch.nn.functional.max_pool2d(-keep, f) if f > 1 else keep

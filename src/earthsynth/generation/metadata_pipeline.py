@@ -18,10 +18,12 @@ import torch
 from diffusers import DiffusionPipeline
 
 from earthsynth.generation.common import (
+    KnownRegion,
     TextModelMixin,
     callback_tensor_names,
     check_scale,
     combine_guidance,
+    feathered_composite,
     guidance_passes,
     images_for_output,
     per_image,
@@ -30,7 +32,7 @@ from earthsynth.generation.common import (
     repeat_per_image,
     step_callback,
 )
-from earthsynth.generation.latents import LatentPipelineMixin, encode
+from earthsynth.generation.latents import LatentPipelineMixin
 
 MAX_TEXT_TOKENS = 32  # what the bundled models were trained with (model.max_text_tokens)
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -261,10 +263,11 @@ class MetadataPipelineBase(LatentPipelineMixin, TextModelMixin, DiffusionPipelin
         timesteps = self.scheduler.timesteps
         self._num_timesteps = len(timesteps)
         latents = prepare_latents(shape, generator, device, dtype, self.scheduler.init_noise_sigma, latents)
+        region = None
         if known is not None:
-            known_noise = prepare_latents(shape, generator, device, dtype, 1.0)
-            known, keep = known.to(device, dtype), keep.to(device, dtype)
-            latents = keep * self.scheduler.add_noise(known, known_noise, timesteps[:1]) + (1 - keep) * latents
+            region = KnownRegion(self.scheduler, known.to(device, dtype), keep.to(device, dtype),
+                                 prepare_latents(shape, generator, device, dtype, 1.0), timesteps)
+            latents = region.start(latents)
         step_kwargs = {"generator": generator} if "generator" in inspect.signature(self.scheduler.step).parameters else {}
         height, width = shape[-2:]
         for i, t in enumerate(self.progress_bar(timesteps)):
@@ -274,12 +277,8 @@ class MetadataPipelineBase(LatentPipelineMixin, TextModelMixin, DiffusionPipelin
             else:
                 output = guided(latents, t)
             latents = self.scheduler.step(output, t, latents, **step_kwargs).prev_sample
-            if known is not None:
-                if i + 1 < len(timesteps):
-                    target = self.scheduler.add_noise(known, known_noise, timesteps[i + 1:i + 2])
-                else:
-                    target = known
-                latents = keep * target + (1 - keep) * latents
+            if region is not None:
+                latents = region.after_step(latents, i)
             latents = step_callback(self, callback, list(callback_names), i, t, {"latents": latents})["latents"]
         return latents
 
@@ -293,8 +292,7 @@ class MetadataPipelineBase(LatentPipelineMixin, TextModelMixin, DiffusionPipelin
             tile = self.trained_size  # larger than trained: a tiled scene, not objects drawn too large
         tile = None if tile is None else tile // f
         if known is not None:
-            known = encode(getattr(self, "vae", None), known)
-            keep = -torch.nn.functional.max_pool2d(-keep, f) if f > 1 else keep
+            known, keep = self.inpainting_grid(known, keep)
         return height // f, width // f, tile, overlap // f, known, keep
 
     # 5. output
@@ -315,15 +313,3 @@ class MetadataPipelineBase(LatentPipelineMixin, TextModelMixin, DiffusionPipelin
             images = images_for_output(decoded, output_type)
         self.maybe_free_model_hooks()
         return output_class(images=images) if return_dict else (images,)
-
-
-def feathered_composite(known: torch.Tensor, generated: torch.Tensor, keep: torch.Tensor, band: int) -> torch.Tensor:
-    """known where keep is 1, generated inside the mask, and a linear cross-fade over `band`
-    pixels on the generated side of the border (keep (.., 1, H, W) in {0, 1})."""
-    if band <= 1:
-        return keep * known + (1 - keep) * generated
-    weight = keep.float()
-    for _ in range(band):  # grows the kept side by one pixel per pass, fading as it goes
-        grown = torch.nn.functional.max_pool2d(weight, 3, stride=1, padding=1)
-        weight = torch.maximum(weight, grown - 1.0 / band)
-    return weight * known + (1 - weight) * generated

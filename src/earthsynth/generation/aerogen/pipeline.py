@@ -4,6 +4,8 @@
     image = pipe("aerial orthophoto, 0.2 m/px, 3 trees",
                  boxes=[[4, 4, 20, 22], [40, 30, 12, 8, 30.0]], labels=["Tree", "Tree"],
                  height=64, width=64, generator=torch.Generator().manual_seed(0)).images[0]
+    edited = pipe.inpaint("aerial orthophoto, 0.2 m/px, 3 trees", boxes=[[4, 4, 20, 22], [40, 30, 56, 50]],
+                          labels=["Tree", "Tree"], image=photo, mask_image=mask).images[0]
 
 A box is xyxy (4 numbers), cx, cy, w, h, angle in degrees clockwise (5 numbers) or 4 corners
 ((4, 2) numbers), in pixels of the requested size; an `earthsynth.boxes.Boxes` is accepted
@@ -11,7 +13,8 @@ too (its labels are used). For a batch, give lists of prompts, box lists and lab
 
 The call follows StableDiffusionPipeline's conventions (num_images_per_prompt, negative_prompt,
 prompt_embeds with PixArt's attention masks, latents, callback_on_step_end, return_dict,
-output_type="latent"). The condition encoding below is the one training uses too (train.loss).
+output_type="latent"), and its inpainting ones (`inpaint`: image and mask_image, white = draw
+again). The condition encoding below is the one training uses too (train.loss).
 """
 
 from __future__ import annotations
@@ -28,12 +31,16 @@ from earthsynth.boxes import Boxes
 from earthsynth.conditioning.layout import layout_from_boxes
 from earthsynth.generation.aerogen.model import encode_layout
 from earthsynth.generation.common import (
+    KnownRegion,
     TextModelMixin,
     callback_tensor_names,
     check_scale,
     combine_guidance,
+    feathered_composite,
     guidance_passes,
+    image_tensor,
     images_for_output,
+    mask_tensor,
     per_image,
     prepare_latents,
     repeat_per_image,
@@ -42,12 +49,34 @@ from earthsynth.generation.common import (
 from earthsynth.generation.latents import LatentPipelineMixin
 
 MAX_TEXT_TOKENS = 32  # prompt length of the pipeline (the model config's max_text_tokens default)
+DEFAULT_SIZE = 64  # height and width of an image when neither they nor an image to inpaint are given
+# pixels inside an inpainting mask over which the generated image fades into the kept one (at
+# least a latent pixel): on the bundled model (10 steps, 6 real tiles, a 16 px band masked) the
+# seam score at the mask's border was 1.66 with a hard edge, 1.07 with 2 px, 0.97 with 3 px,
+# 0.96 with 4 px, and 0.98 for the untouched tiles
+INPAINT_FADE = 3
 
 
 @dataclass
 class AeroGenPipelineOutput(BaseOutput):
     images: list | np.ndarray | torch.Tensor  # PIL images, (B, H, W, 3) floats in [0, 1], or (B, 3, H, W) tensors
     layouts: list[Boxes]  # the boxes each image was conditioned on
+
+
+def per_prompt(value, convert, name: str) -> torch.Tensor:
+    """One image (or mask) for every prompt, a list of one per prompt, or a (B, C, H, W)
+    tensor of them -> (n, C, H, W) through `convert` (common.image_tensor or mask_tensor)."""
+    if isinstance(value, torch.Tensor) and value.ndim == 4:
+        value = list(value)
+    if not isinstance(value, (list, tuple)):
+        return convert(value, name)
+    if not value:
+        raise ValueError(f"{name} is an empty list")
+    items = [convert(item, f"{name} {i}") for i, item in enumerate(value)]
+    sizes = {tuple(item.shape[-2:]) for item in items}
+    if len(sizes) > 1:
+        raise ValueError(f"{name}: the images differ in size ({', '.join(f'{h}x{w}' for h, w in sorted(sizes))})")
+    return torch.cat(items)
 
 
 def class_phrase(label: str) -> str:
@@ -285,8 +314,8 @@ class AeroGenPipeline(LatentPipelineMixin, TextModelMixin, DiffusionPipeline):
         prompt: str | list[str] | None = None,
         boxes=None,
         labels=None,
-        height: int = 64,
-        width: int = 64,
+        height: int | None = None,
+        width: int | None = None,
         num_inference_steps: int = 20,
         guidance_scale: float = 4.0,
         layout_guidance_scale: float | None = None,
@@ -303,15 +332,25 @@ class AeroGenPipeline(LatentPipelineMixin, TextModelMixin, DiffusionPipeline):
         return_dict: bool = True,
         callback_on_step_end=None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
+        image=None,
+        mask_image=None,
     ) -> AeroGenPipelineOutput | tuple:
         """Returns AeroGenPipelineOutput(images, layouts), or the tuple (images, layouts) with
-        return_dict=False. output_type: "pil", "np", "pt" or "latent" (the last denoised
+        return_dict=False. height, width: 64 unless given (or set by an image to inpaint).
+        output_type: "pil", "np", "pt" or "latent" (the last denoised
         sample: scaled latents with a VAE, else pixels in [-1, 1]). cross_attention_kwargs reach every attention
-        processor; `layout_scale` multiplies the layout attention (1 = as trained)."""
+        processor; `layout_scale` multiplies the layout attention (1 = as trained).
+        image, mask_image: inpainting (see `inpaint`)."""
         # 1. check and normalise the request
         callback_names = callback_tensor_names(callback_on_step_end, callback_on_step_end_tensor_inputs or ["latents"],
                                                self._callback_tensor_inputs)
         prompts, layouts = self.normalise_inputs(prompt, boxes, labels, prompt_embeds)
+        known = keep = None
+        if image is not None or mask_image is not None:
+            known, keep = self.inpainting_inputs(image, mask_image, len(prompts), height, width)
+            height, width = known.shape[-2:]
+        height = DEFAULT_SIZE if height is None else height
+        width = DEFAULT_SIZE if width is None else width
         self.check_inputs(prompts, layouts, height, width, num_inference_steps, guidance_scale, layout_guidance_scale,
                           negative_prompt, prompt_embeds, negative_prompt_embeds, prompt_attention_mask,
                           negative_prompt_attention_mask)
@@ -320,6 +359,8 @@ class AeroGenPipeline(LatentPipelineMixin, TextModelMixin, DiffusionPipeline):
         layouts = per_image(layouts, num_images_per_prompt)
         batch = len(layouts)
         device = self._execution_device
+        if known is not None:  # one image and mask per generated image, as diffusers repeats them
+            known, keep = (repeat_per_image(t, num_images_per_prompt).to(device) for t in (known, keep))
 
         # 2. text and layout conditions for each guidance pass
         passes = guidance_passes(guidance_scale, layout_guidance_scale)
@@ -335,6 +376,13 @@ class AeroGenPipeline(LatentPipelineMixin, TextModelMixin, DiffusionPipeline):
         # 3. noise and timesteps
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         latents = self.prepare_latents(batch, height, width, generator, latents)
+        region = None
+        if known is not None:  # the kept part follows the image, noised to each step's level
+            grid_known, grid_keep = self.inpainting_grid(known, keep)
+            noise = prepare_latents(tuple(latents.shape), generator, device, latents.dtype, 1.0)
+            region = KnownRegion(self.scheduler, grid_known.to(latents.dtype), grid_keep.to(latents.dtype), noise,
+                                 self.scheduler.timesteps)
+            latents = region.start(latents)
 
         # 4. denoising loop
         for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
@@ -342,14 +390,59 @@ class AeroGenPipeline(LatentPipelineMixin, TextModelMixin, DiffusionPipeline):
             out = self.denoise(model_in, t, stacked[0], stacked[1], layout_inputs, cross_attention_kwargs)
             guided = combine_guidance(out.chunk(len(passes)), guidance_scale, layout_guidance_scale)
             latents = self.scheduler.step(guided, t, latents, generator=generator).prev_sample
+            if region is not None:
+                latents = region.after_step(latents, i)
             latents = step_callback(self, callback_on_step_end, callback_names, i, t, {"latents": latents})["latents"]
 
         # 5. output
         if output_type == "latent":
             images = latents
-        else:
+        elif known is None:
             images = images_for_output(self.decode_samples(latents), output_type)
+        else:  # the kept pixels exactly, the generated ones faded in over a few pixels
+            decoded = self.decode_samples(latents).float()
+            images = images_for_output(feathered_composite(known.to(decoded.device), decoded,
+                                                           keep.to(decoded.device), self.inpaint_band), output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
             return images, layouts
         return AeroGenPipelineOutput(images=images, layouts=layouts)
+
+    def inpaint(self, prompt=None, boxes=None, labels=None, image=None, mask_image=None,
+                **kwargs) -> AeroGenPipelineOutput | tuple:
+        """Draw the masked part of a real image under the layout; the rest is kept.
+
+        image: PIL image, (H, W, 3) uint8 or [0, 1] float array, (3, H, W) tensor in [0, 1], or
+            a list of those / a (B, 3, H, W) tensor with one per prompt; its size is the output's.
+        mask_image: PIL / (H, W) array / tensor (or a list, or (B, 1, H, W)), nonzero = draw
+            again (above half its largest value, diffusers' white), 0 = keep.
+        The boxes are the whole layout, objects in the kept part included: the model draws the
+        masked part knowing them. Every step, the kept part of the sample is replaced by the
+        image noised to that step (RePaint), on the latent grid with a VAE (a latent pixel is
+        kept where all its pixels are); at the end the kept pixels are the image's exactly and
+        the generated ones are faded in over `inpaint_band` pixels inside the mask. Other
+        arguments as for __call__."""
+        return self(prompt, boxes, labels, image=image, mask_image=mask_image, **kwargs)
+
+    @property
+    def inpaint_band(self) -> int:
+        """Pixels inside the mask over which the generated image fades into the kept one: a
+        mask grown by this much around an object leaves the object itself unfaded."""
+        return max(INPAINT_FADE, self.vae_scale_factor)
+
+    def inpainting_inputs(self, image, mask_image, prompts: int, height, width) -> tuple[torch.Tensor, torch.Tensor]:
+        """The image to keep (B, 3, H, W) in [-1, 1] and its keep mask (B, 1, H, W) in {0, 1},
+        one per prompt (a single image or mask serves every prompt); checked."""
+        if image is None or mask_image is None:
+            raise ValueError("inpainting needs both image and mask_image")
+        known = per_prompt(image, image_tensor, "image")
+        mask = per_prompt(mask_image, mask_tensor, "mask_image")
+        for name, tensor in (("image", known), ("mask_image", mask)):
+            if tensor.shape[0] not in (1, prompts):
+                raise ValueError(f"{tensor.shape[0]} {name}s for {prompts} prompts")
+        if mask.shape[-2:] != known.shape[-2:]:
+            raise ValueError(f"mask_image is {mask.shape[-2]}x{mask.shape[-1]}, image is {known.shape[-2]}x{known.shape[-1]}")
+        for name, given, size in (("height", height, known.shape[-2]), ("width", width, known.shape[-1])):
+            if given is not None and given != size:
+                raise ValueError(f"{name} {given} differs from the image's {size} (leave it out when inpainting)")
+        return known.expand(prompts, -1, -1, -1), 1 - mask.expand(prompts, -1, -1, -1)

@@ -24,7 +24,14 @@ import numpy as np
 import torch
 from diffusers.utils import BaseOutput
 
-from earthsynth.generation.common import gsd_values, guidance_passes, per_image, repeat_per_image
+from earthsynth.generation.common import (
+    gsd_values,
+    guidance_passes,
+    image_tensor,
+    mask_tensor,
+    per_image,
+    repeat_per_image,
+)
 from earthsynth.generation.metadata_pipeline import (
     MetadataPipelineBase,
     as_list,
@@ -35,41 +42,6 @@ from earthsynth.generation.metadata_pipeline import (
 @dataclass
 class Text2EarthPipelineOutput(BaseOutput):
     images: list | np.ndarray | torch.Tensor  # PIL images, (B, H, W, 3) in [0, 1], or (B, 3, H, W) in [0, 1]
-
-
-def image_tensor(image, name: str) -> torch.Tensor:
-    """PIL image, (H, W, 3) uint8 or float [0, 1] array, or (3, H, W) / (B, 3, H, W) tensor
-    in [0, 1] -> (B, 3, H, W) float in [-1, 1]."""
-    if isinstance(image, torch.Tensor):
-        tensor = image.float()
-        tensor = tensor[None] if tensor.ndim == 3 else tensor
-    else:
-        array = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image)
-        if array.ndim != 3 or array.shape[2] != 3:
-            raise ValueError(f"{name} must be an RGB image (H, W, 3), got shape {array.shape}")
-        array = array.astype(np.float32) / 255.0 if array.dtype == np.uint8 else array.astype(np.float32)
-        tensor = torch.from_numpy(array).permute(2, 0, 1)[None]
-    if tensor.ndim != 4 or tensor.shape[1] != 3:
-        raise ValueError(f"{name} must have 3 channels, got shape {tuple(tensor.shape)}")
-    if not torch.isfinite(tensor).all() or tensor.min() < 0 or tensor.max() > 1:
-        raise ValueError(f"{name} values must be finite and in [0, 1]")
-    return tensor * 2 - 1
-
-
-def mask_tensor(mask, name: str = "mask_image") -> torch.Tensor:
-    """PIL / (H, W) array / tensor, nonzero = regenerate -> (1, 1, H, W) float in {0, 1}."""
-    if isinstance(mask, torch.Tensor):
-        tensor = mask.float()
-    else:
-        array = np.asarray(mask.convert("L") if hasattr(mask, "convert") else mask)
-        tensor = torch.from_numpy(array.astype(np.float32))
-    while tensor.ndim < 4:
-        tensor = tensor[None]
-    if tensor.shape[:2] != (1, 1):
-        raise ValueError(f"{name} must be one (H, W) mask, got shape {tuple(tensor.shape)}")
-    return (tensor > 0.5 * tensor.max().clamp(min=1e-6)).float()
-
-
 
 
 def text2earth_conditions(text, null_text, gsds: list, drop_text: torch.Tensor, drop_gsd: torch.Tensor) -> dict:
