@@ -138,7 +138,7 @@ def cmd_augment(args) -> int:
     if args.demo:  # the bundled tiles, models and every output format
         tree.setdefault("num_images", 32)
         tree.setdefault("out_formats", ["coco", "dota", "yolo", "yolo-obb", "voc"])
-    flags = {"num_images": args.num_images, "model": args.model, "seed": args.seed}
+    flags = {"num_images": args.num_images, "model": args.model, "seed": args.seed, "mode": args.mode}
     for key, value in flags.items():
         if value is not None:
             tree[key] = value
@@ -322,6 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-class", action="append", metavar="NAME=N",
                    help="objects of a class wanted over all candidates (rebalance rare classes); repeatable")
     p.add_argument("--model", help="aerogen pipeline folder (default: the bundled one)")
+    p.add_argument("--mode", help="generate: whole images for sampled layouts (default); inpaint: new objects "
+                                  "painted into real tiles, their background and boxes kept")
     p.add_argument("--out-format", help="comma-separated coco, dota, yolo, yolo-obb, voc (default coco)")
     p.add_argument("--seed", type=int)
     p.add_argument("--config", help="YAML with augment settings and filter thresholds (see configs/augment.yaml)")

@@ -149,13 +149,14 @@ class SampleFilter:
         """A real training image that generated images must not copy."""
         self.duplicates.add(key, pixels)
 
-    def __call__(self, images, layouts: list[Boxes], keys: list[str]) -> list[dict]:
+    def __call__(self, images, layouts: list[Boxes], keys: list[str], own: list[str] | None = None) -> list[dict]:
         """images (B, 3, H, W) in [0, 1] -> per image {"passed", "reasons", "checks", "scores"}.
-        Images that pass join the duplicate index, so later ones may not copy them."""
+        Images that pass join the duplicate index, so later ones may not copy them. own: per
+        image, the reference it was made from and is no duplicate of (an inpainted real tile)."""
         results = []
         for i, (scores, key) in enumerate(zip(score_images(images, layouts, self.detector, self.classifier,
                                                           self.config), keys)):
-            duplicate_of, similarity = self.duplicates.nearest(images[i])
+            duplicate_of, similarity = self.duplicates.nearest(images[i], exclude=None if own is None else own[i])
             scores.update(duplicate_similarity=similarity, duplicate_of=duplicate_of)
             verdicts = {check: CHECK_REASONS[check](scores, self.config) for check in CHECKS}
             passed = not any(verdicts.values()) or not self.config.enabled

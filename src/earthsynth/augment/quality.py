@@ -166,13 +166,17 @@ class DuplicateIndex:
             self._matrix = np.stack(self._rows)
         return self._matrix
 
-    def nearest(self, image) -> tuple[str | None, float]:
-        """The most similar stored key and its cosine similarity in [-1, 1]; (None, -1.0)
-        when the index is empty."""
+    def nearest(self, image, exclude: str | None = None) -> tuple[str | None, float]:
+        """The most similar stored key (other than `exclude`) and its cosine similarity in
+        [-1, 1]; (None, -1.0) when there is none."""
         if not self.keys:
             return None, -1.0
         similarities = self._stacked() @ signature(image)
+        if exclude is not None:
+            similarities[[k for k, key in enumerate(self.keys) if key == exclude]] = -np.inf
         best = int(np.argmax(similarities))
+        if similarities[best] == -np.inf:
+            return None, -1.0
         return self.keys[best], float(similarities[best])
 
     def nearest_others(self, keys: list[str]) -> list[tuple[str | None, float]]:

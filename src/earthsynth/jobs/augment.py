@@ -51,6 +51,12 @@ from earthsynth.augment.filter import (
     real_pass_rates,
     real_tile_scores,
 )
+from earthsynth.augment.inpaint_mode import (
+    check_mode,
+    inpaint_inputs,
+    inpaint_layouts,
+    source_references,
+)
 from earthsynth.augment.layouts import (
     CountQuota,
     LayoutRecord,
@@ -108,6 +114,7 @@ class AugmentConfig:
     augmented_fraction: float = 0.5  # share of layouts that are augmented real layouts
     max_overlap: float = 0.3
     max_objects: int = 30
+    mode: str = "generate"  # generate: whole images for sampled layouts; inpaint: new objects in real tiles
     filter: FilterConfig = field(default_factory=FilterConfig)
 
 
@@ -423,6 +430,7 @@ def run_augment(out: str | Path, config: AugmentConfig, data: str | None = None,
     unknown = [f for f in config.out_formats if f not in EXPORT_FORMATS]
     if unknown or not config.out_formats:
         raise InputError("--out-format", f"{', '.join(unknown) or 'nothing'} given; choose from {', '.join(EXPORT_FORMATS)}")
+    check_mode(config)
     if config.num_images < 1:
         raise InputError("--num-images", "must be at least 1")
     if out.exists() and any(out.iterdir()) and not (out / "augment_config.yaml").exists():
@@ -455,6 +463,8 @@ def run_augment(out: str | Path, config: AugmentConfig, data: str | None = None,
                              max_overlap=config.max_overlap, augmented_fraction=config.augmented_fraction)
     prompt_rng = np.random.default_rng(config.seed + 1)
     prompt_tiles = [tiles[k] for k in prompt_rng.integers(0, len(tiles), max_candidates)]
+    if config.mode == "inpaint":  # each candidate a real tile with new objects (augment/inpaint_mode.py)
+        layouts, prompt_tiles = inpaint_layouts(pipe, sampler, layouts, tiles, config, size, demo=records is None)
 
     undo = RunUndo(out, state.process_index, state.is_main_process)
     try:
@@ -522,10 +532,12 @@ def generate(out: Path, config: AugmentConfig, pipe, detector, classifier, tiles
             model_boxes = [as_model_classes(layouts[i].boxes, class_map) for i in batch]  # classes the models know
             result = pipe(prompts, model_boxes, None, size, size, config.steps,
                           config.guidance_scale, layout_guidance_scale=config.layout_guidance_scale or None,
-                          generator=generators, output_type="pt")
+                          generator=generators, output_type="pt",
+                          **inpaint_inputs(pipe, config, [prompt_tiles[i] for i in batch], [layouts[i] for i in batch]))
             t1 = time.perf_counter()
             keys = [f"synth_{i:06d}" for i in batch]
-            verdicts = filt(result.images.float(), model_boxes, keys)
+            verdicts = filt(result.images.float(), model_boxes, keys,
+                            own=source_references(config, [prompt_tiles[i] for i in batch]))
             timing["filter_s"] += time.perf_counter() - t1
             timing["generate_s"] += t1 - t0
             timing["generated"] += len(batch)
@@ -538,7 +550,7 @@ def generate(out: Path, config: AugmentConfig, pipe, detector, classifier, tiles
                 boxes = layouts[i].boxes
                 # accepted: this process's own count; finish decides over all of them
                 record = {"index": i, "image_id": key, "file": file, "seed": seed, "prompt": prompt,
-                          "origin": layouts[i].origin,
+                          "origin": layouts[i].origin, "mode": config.mode,
                           "layout": {"rboxes": boxes.rboxes.round(3).tolist(), "labels": boxes.labels,
                                      "rotated": bool(boxes.rotated)},
                           **verdict, "accepted": verdict["passed"] and quota.take(len(boxes)),
