@@ -15,11 +15,12 @@ from earthsynth.augment.filter import BOUNDS, CHECKS
 from earthsynth.augment.layouts import (
     CountQuota,
     LayoutSampler,
+    count_bins,
     count_targets,
     load_layouts,
     objects_histogram,
 )
-from earthsynth.augment.report import load_manifest, load_run
+from earthsynth.augment.report import load_manifest, load_run, record_boxes
 from earthsynth.boxes import Boxes
 from earthsynth.jobs import augment as job
 from earthsynth.jobs.augment import RealTile, run_augment
@@ -50,7 +51,7 @@ def test_manifest_run_report_and_datasets_agree_on_what_was_accepted(models, tmp
     objects = sum(len(r["layout"]["labels"]) for r in accepted)
     assert len(records) == 3 and all(r["passed"] for r in records)
     assert len(accepted) == 2 == summary["accepted"] == run["accepted"] and run["passed"] == 3
-    assert records[2]["reasons"][-1] == "not needed: the first 2 images make the set"  # after the filter's own
+    assert records[2]["reasons"][-1] == "not needed: the set holds its 2 images"  # after the filter's own
     for fmt in ("coco", "yolo"):
         assert written_counts(out, fmt) == (2, objects), fmt
     assert run["pass_rates"]["candidates"]["accepted"] == [2, 3] and run["pass_rates"]["candidates"]["passed"] == [3, 3]
@@ -85,7 +86,7 @@ class FavoursEmptyLayouts:
     def add_reference(self, key, pixels):
         pass
 
-    def __call__(self, images, layouts, keys):
+    def __call__(self, images, layouts, keys, own=None):
         verdicts = []
         for boxes, key in zip(layouts, keys):
             passed = len(boxes) == 0 or int(key.removeprefix("synth_")) % 2 == 0
@@ -120,46 +121,58 @@ def test_the_accepted_set_keeps_the_layouts_objects_per_image(models, tmp_path, 
     config = test_augment.config(models, num_images=6, max_candidates=40, batch_size=8, resample=1)
     config.filter.enabled = True
     summary = run_augment(out, config, data=str(data), fmt="coco", show_progress=False)
-    layouts = load_layouts(out / "layouts.jsonl")
-    targets = count_targets(objects_histogram(layouts), 6)
-    assert sum(targets) == 6 and targets[0] < 6 and len([t for t in targets if t]) >= 2  # a mix to keep
+    quota = CountQuota.matching(objects_histogram(load_layouts(out / "layouts.jsonl")), 6)
+    assert quota.starts[:3] == [0, 1, 2] and quota.targets[0] < 6  # a mix of counts to keep
 
     records = load_manifest(out / "manifest.jsonl")
     accepted = [r for r in records if r["accepted"]]
     passed = [r for r in records if r["passed"]]
-    accepted_histogram = objects_histogram([Boxes.from_xyxy(np.zeros((len(r["layout"]["labels"]), 4)),
-                                                            r["layout"]["labels"]) for r in accepted])
-    assert accepted_histogram == targets[:len(accepted_histogram)] and sum(targets[len(accepted_histogram):]) == 0
-    assert summary["synthetic"]["objects_histogram"] == accepted_histogram
-    # taken as they passed, the set would hold more empty images than the layouts do
-    empty_share = np.mean([not r["layout"]["labels"] for r in passed])
-    assert empty_share > targets[0] / 6
+    for record in accepted:
+        assert quota.take(len(record["layout"]["labels"]))
+    assert quota.full()  # as many images with each number of objects as the layouts make
+    assert summary["synthetic"]["objects_histogram"] == objects_histogram([record_boxes(r) for r in accepted])
+    assert summary["real"]["objects_histogram"] == [3, 2, 2, 1]
+    # taken as they passed, the set would hold more empty images
+    assert np.mean([not r["layout"]["labels"] for r in passed]) > quota.targets[0] / 6
     for record in passed:
         if not record["accepted"]:
-            k = len(record["layout"]["labels"])
-            assert record["reasons"] == [f"not needed: the set holds its {targets[k]} images with {k} objects "
-                                         "(the layouts' distribution)"]
+            assert record["reasons"] == [quota.why_not(len(record["layout"]["labels"]))]
+    # once a number of objects was had, its candidates were not even made
+    generated = {r["index"] for r in records}
+    assert len(generated) < max(generated) + 1
     assert written_counts(out, "coco") == (6, sum(len(r["layout"]["labels"]) for r in accepted))
-    # both distributions in run.json and the report
     run = load_run(out / "run.json")
-    assert sum(run["real"]["objects_histogram"]) == run["real"]["images"]
     assert run["pass_rates"]["real"]["layout"] == [9, 10]
     page = (out / "report.html").read_text()
-    assert "<h2>Objects per image</h2>" in page and f"<td>{run['synthetic']['objects_per_image']:.2f}</td>" in page
+    mean = run["synthetic"]["objects_per_image"]
+    assert "<h2>Objects per image</h2>" in page and f"<td>mean</td><td>1.12</td><td>{mean:.2f}</td>" in page
 
 
-def test_count_targets_and_quota():
-    assert count_targets([30, 20, 20, 11, 6, 7, 2, 2, 1], 32) == [10, 6, 6, 4, 2, 2, 1, 1, 0]
-    assert count_targets([1, 1, 1], 2) == [1, 1, 0]  # equal remainders: fewer objects first
-    assert count_targets([0, 0], 3) == [3]  # nothing drawn: all in one bin
+def test_count_bins_targets_and_quota():
+    trees = [134, 89, 90, 51, 29, 30, 11, 10, 2, 3, 1]  # the bundled training tiles
+    assert count_bins(trees) == [0, 1, 2, 3, 4, 5, 6]  # 6 to 10 objects together
+    dense = [1] * 100  # 0 to 99 cars, as many images with each
+    assert count_bins(dense) == list(range(0, 100, 5))  # 20 bins of 5% each
+    assert count_bins([5]) == [0] and count_bins([0, 0, 4]) == [0]  # one bin: all counts
+    assert count_targets([134, 89, 90, 51, 29, 30, 27], 32) == [10, 6, 6, 4, 2, 2, 2]
+    assert count_targets([1, 1, 1], 2) == [1, 1, 0]  # equal remainders: the earlier bin
+    assert count_targets([0, 0], 3) == [3, 0]  # nothing to scale: all in the first bin
     for n in (1, 7, 64):
         assert sum(count_targets([5, 3, 0, 2], n)) == n
-    quota = CountQuota([1, 2])
-    assert [quota.take(k) for k in (0, 0, 1, 3, 1, 1)] == [True, False, True, False, True, False]
-    assert quota.full() and quota.total == quota.wanted == 3
-    assert "its 2 images with 1 objects" in quota.why_not(1) and "its 0 images with 3 objects" in quota.why_not(3)
-    pooled = CountQuota([2], pooled=True)
-    assert [pooled.take(k) for k in (5, 0, 1)] == [True, True, False] and pooled.full()
+
+    quota = CountQuota.matching(trees, 32)
+    assert quota.starts == [0, 1, 2, 3, 4, 5, 6] and quota.targets == [10, 6, 6, 4, 2, 2, 2] and quota.wanted == 32
+    assert [quota.take(k) for k in (4, 4, 4, 9, 7, 30, 5)] == [True, True, False, True, True, False, True]
+    assert not quota.wants(6) and quota.wants(5) and quota.wants(0) and quota.total == 5 and not quota.full()
+    assert quota.why_not(4) == "not needed: the set holds its 2 images with 4 objects"
+    assert quota.why_not(12) == "not needed: the set holds its 2 images with 6 or more objects"
+    dense_quota = CountQuota.matching(dense, 40)
+    assert dense_quota.targets == [2] * 20 and dense_quota.why_not(7) == "not needed: the set holds its 2 images with 5-9 objects"
+    halves = CountQuota.matching(trees, 32, share=2)  # two processes: each half, rounded up
+    assert halves.targets == [5, 3, 3, 2, 1, 1, 1]
+    first = CountQuota.first(2)
+    assert [first.take(k) for k in (5, 0, 1)] == [True, True, False] and first.full()
+    assert first.why_not(1) == "not needed: the set holds its 2 images"
 
 
 def test_the_sampler_draws_the_real_objects_per_image():

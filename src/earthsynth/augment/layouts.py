@@ -16,6 +16,7 @@ fitted on 64 px tiles gives the same relative layouts at any requested size.
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import os
@@ -554,13 +555,34 @@ def objects_histogram(layouts: Sequence[LayoutRecord | Record | Boxes]) -> list[
     return np.bincount(np.asarray(counts, dtype=np.int64), minlength=1).tolist()
 
 
-def count_targets(histogram: Sequence[int], n: int) -> list[int]:
-    """`histogram` scaled to sum to `n` images (largest remainders round up, ties to fewer
-    objects): how many accepted images with k objects make the same distribution."""
+QUOTA_BINS = 20  # object-count bins of an accepted set's quota: each 5% of the images or more, but the last
+
+
+def count_bins(histogram: Sequence[int], bins: int = QUOTA_BINS) -> list[int]:
+    """The first object count of each bin of `histogram` ([k] = images with k objects):
+    contiguous counts, a bin closed once it holds 1 / `bins` of the images (a last one with
+    less joins the one before). Sparse data (0 to 10 trees) keeps its common counts apart
+    ([0, 1, 2, 3, 4, 5, 6]: 6 to 10 together), dense data (0 to 100 cars) gets at most `bins`
+    ranges, each with images enough to come by."""
     total = sum(histogram)
+    starts, held = [0], 0
+    for k, count in enumerate(histogram[:-1]):
+        held += count
+        if held * bins >= total:
+            starts.append(k + 1)
+            held = 0
+    if len(starts) > 1 and (held + histogram[-1]) * bins < total:
+        starts.pop()
+    return starts
+
+
+def count_targets(masses: Sequence[int], n: int) -> list[int]:
+    """`masses` (images per bin) scaled to sum to `n` images, largest remainders rounding up
+    (ties to the earlier bin); all in the first bin when there is nothing to scale."""
+    total = sum(masses)
     if total == 0:
-        return [n]
-    exact = np.asarray(histogram, dtype=np.float64) * n / total
+        return [n] + [0] * (len(masses) - 1)
+    exact = np.asarray(masses, dtype=np.float64) * n / total
     targets = np.floor(exact).astype(int)
     order = sorted(range(len(exact)), key=lambda k: (-(exact[k] - targets[k]), k))
     targets[order[:n - int(targets.sum())]] += 1
@@ -568,29 +590,50 @@ def count_targets(histogram: Sequence[int], n: int) -> list[int]:
 
 
 class CountQuota:
-    """Takes images while those with as many objects are fewer than their target
-    (`count_targets`): an accepted set with the objects-per-image distribution of the layouts,
-    however much easier the filter finds some counts (empty layouts pass most often).
-    pooled: one target for all counts (targets[0]), the first images whatever they hold."""
+    """Takes images while the bin of their object count holds fewer than its target: an accepted
+    set with the objects-per-image distribution of a histogram (`matching`), however much more
+    often the filter passes some counts (empty layouts pass most often), or just the first n
+    images (`first`)."""
 
-    def __init__(self, targets: Sequence[int], pooled: bool = False):
+    def __init__(self, starts: Sequence[int], targets: Sequence[int]):
+        self.starts = [int(k) for k in starts]  # first object count of each bin (count_bins)
         self.targets = [int(t) for t in targets]
         self.taken = [0] * len(self.targets)
-        self.pooled = pooled
+
+    @classmethod
+    def matching(cls, histogram: Sequence[int], n: int, share: int = 1) -> CountQuota:
+        """n images distributed as `histogram` over count_bins; `share`: processes splitting
+        the work, each taking 1 / share of every target (rounded up)."""
+        starts = count_bins(histogram)
+        masses = [sum(histogram[a:b]) for a, b in zip(starts, [*starts[1:], len(histogram)])]
+        return cls(starts, [math.ceil(t / share) for t in count_targets(masses, n)])
+
+    @classmethod
+    def first(cls, n: int) -> CountQuota:
+        return cls([0], [n])
+
+    def bin(self, objects: int) -> int:
+        return bisect.bisect_right(self.starts, objects) - 1
+
+    def wants(self, objects: int) -> bool:
+        k = self.bin(objects)
+        return self.taken[k] < self.targets[k]
 
     def take(self, objects: int) -> bool:
-        k = 0 if self.pooled else objects
-        if k >= len(self.targets) or self.taken[k] >= self.targets[k]:
+        if not self.wants(objects):
             return False
-        self.taken[k] += 1
+        self.taken[self.bin(objects)] += 1
         return True
 
     def why_not(self, objects: int) -> str:
         """The reason `take(objects)` said no, in words."""
-        if self.pooled:
-            return f"not needed: the first {self.targets[0]} images make the set"
-        target = self.targets[objects] if objects < len(self.targets) else 0
-        return f"not needed: the set holds its {target} images with {objects} objects (the layouts' distribution)"
+        k = self.bin(objects)
+        if len(self.starts) == 1:
+            return f"not needed: the set holds its {self.targets[0]} images"
+        last = self.starts[k + 1] - 1 if k + 1 < len(self.starts) else None
+        counts = (f"{self.starts[k]}" if last == self.starts[k] else
+                  f"{self.starts[k]}-{last}" if last is not None else f"{self.starts[k]} or more")
+        return f"not needed: the set holds its {self.targets[k]} images with {counts} objects"
 
     @property
     def total(self) -> int:

@@ -107,8 +107,9 @@ def quality_reasons(scores: dict, thresholds: QualityThresholds | None = None) -
     if not scores["finite"]:
         reasons.append("contains NaN or infinite values")
     if scores["saturated_fraction"] > t.max_saturated_fraction:
-        reasons.append(f"{scores['saturated_fraction']:.0%} of pixels clipped to black, white or a pure colour "
-                       f"(limit {t.max_saturated_fraction:.0%})")
+        # two decimals: a calibrated limit may be 0, which a few clipped pixels pass over
+        reasons.append(f"{scores['saturated_fraction']:.2%} of pixels clipped to black, white or a pure colour "
+                       f"(limit {t.max_saturated_fraction:.2%})")
     if scores["std"] < t.min_std:
         reasons.append(f"flat image: pixel standard deviation {scores['std']:.4f} < {t.min_std}")
     if scores["edge_energy"] < t.min_edge_energy:

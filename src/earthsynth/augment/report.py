@@ -303,8 +303,10 @@ def draw_grid(canvas: Image.Image, top: int, title: str, records: list[dict], ou
 
 
 def draw_grouped_bars(canvas: Image.Image, box: tuple[int, int, int, int], rows: list[tuple[str, float, float]],
-                      real_images: int, synth_images: int, title: str, y_label: str, x_label: str) -> None:
-    """Grouped vertical bars, one group per row: real (grey) vs synthetic accepted."""
+                      real_images: int, synth_images: int, title: str, y_label: str, x_label: str,
+                      value_format: str = "{:.2f}") -> None:
+    """Grouped vertical bars, one group per row: real (grey) vs synthetic accepted, their values
+    above them where they fit."""
     x0, y0, x1, y1 = box
     draw = ImageDraw.Draw(canvas)
     title_font, font = load_font(16), load_font(12)
@@ -330,7 +332,7 @@ def draw_grouped_bars(canvas: Image.Image, box: tuple[int, int, int, int], rows:
         value = y_max * fraction
         y = py1 - fraction * (py1 - py0)
         draw.line((px0 - 4, y, px0, y), fill=(0, 0, 0))
-        text = f"{value:.2f}"
+        text = value_format.format(value)
         draw.text((px0 - 6 - font.getlength(text), y - 7), text, fill=(0, 0, 0), font=font)
     # the y axis label, written on its own image and turned upright
     label = y_label
@@ -341,6 +343,8 @@ def draw_grouped_bars(canvas: Image.Image, box: tuple[int, int, int, int], rows:
     draw.text(((px0 + px1) / 2 - font.getlength(x_label) / 2, y1 - 16), x_label, fill=(0, 0, 0), font=font)
     group = (px1 - px0) / len(rows)
     bar = group * 0.35
+    # the values above the bars where every one fits (else the axis alone: half of them looks random)
+    labelled = all(font.getlength(value_format.format(v)) <= bar + 4 for row in rows for v in row[1:])
     for k, (name, real_rate, synth_rate) in enumerate(rows):
         gx = px0 + k * group + group * 0.15
         for j, (value, colour) in enumerate(((real_rate, REAL_COLOUR), (synth_rate, SYNTH_COLOUR))):
@@ -348,8 +352,8 @@ def draw_grouped_bars(canvas: Image.Image, box: tuple[int, int, int, int], rows:
             by = py1 - value / y_max * (py1 - py0)
             if value > 0:
                 draw.rectangle((bx, by, bx + bar - 2, py1), fill=colour)
-            text = fit_text(f"{value:.2f}", font, bar + 8)
-            draw.text((bx, by - 15), text, fill=(0, 0, 0), font=font)
+            if labelled:
+                draw.text((bx, by - 15), value_format.format(value), fill=(0, 0, 0), font=font)
         name_text = fit_text(name, font, group - 4)
         draw.text((px0 + k * group + (group - font.getlength(name_text)) / 2, py1 + 4), name_text,
                   fill=(0, 0, 0), font=font)
@@ -415,7 +419,8 @@ def render_figure(out_dir: Path, records: list[dict], run: dict) -> Image.Image:
     third = (width - 2 * MARGIN) // 3
     lefts = [MARGIN + k * third for k in range(3)]
     draw_grouped_bars(canvas, (lefts[0], y, lefts[1] - GAP, y + chart_h), histogram_rows(run), real_images,
-                      len(accepted), "objects per image: share of images", "share of images", "objects in the image")
+                      len(accepted), "objects per image: share of images", "share of images", "objects in the image",
+                      "{:.0%}")
     draw_grouped_bars(canvas, (lefts[1], y, lefts[2] - GAP, y + chart_h), class_rates(records, run), real_images,
                       len(accepted), "class counts: objects per image", "objects per image", "class")
     draw_pass_rates(canvas, (lefts[2], y, width - MARGIN, y + chart_h), rates, real_rates(run))

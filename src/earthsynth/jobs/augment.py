@@ -61,7 +61,6 @@ from earthsynth.augment.layouts import (
     CountQuota,
     LayoutRecord,
     LayoutSampler,
-    count_targets,
     layout_statistics,
     objects_histogram,
     save_layouts,
@@ -499,8 +498,9 @@ def generate(out: Path, config: AugmentConfig, pipe, detector, classifier, tiles
              model_name: str, max_candidates: int, undo: RunUndo, state, show_progress: bool,
              class_map: dict[str, str] | None = None, demo: bool = False) -> dict:
     """This process's share of the candidates (i % world == rank) until its share of the
-    accepted images is there (accept_quota); each goes to candidates/ and a line of its manifest
-    shard. Returns the timing and the filter's calibration (calibrated_filter)."""
+    accepted images is there (accept_quota), skipping those with a number of objects it already
+    holds enough images with; each goes to candidates/ and a line of its manifest shard.
+    Returns the timing and the filter's calibration (calibrated_filter)."""
     rank, world = state.process_index, state.num_processes
     quota = accept_quota(config, layouts, world)
     mine = [i for i in range(rank, max_candidates, world)]
@@ -523,8 +523,15 @@ def generate(out: Path, config: AugmentConfig, pipe, detector, classifier, tiles
     with undo.open_shard() as shard:
         position = 0
         while not quota.full() and position < len(todo):
-            batch = todo[position:position + config.batch_size]
-            position += len(batch)
+            # the next candidates whose number of objects the set still needs: once it holds its
+            # share of, say, two-tree images, making more of them is wasted time
+            start, batch = position, []
+            while position < len(todo) and len(batch) < config.batch_size:
+                if quota.wants(len(layouts[todo[position]].boxes)):
+                    batch.append(todo[position])
+                position += 1
+            if not batch:
+                break
             seeds = [config.seed * 1_000_003 + i for i in batch]
             generators = [torch.Generator().manual_seed(s) for s in seeds]
             prompts = [candidate_prompt(layouts[i], prompt_tiles[i]) for i in batch]
@@ -560,22 +567,22 @@ def generate(out: Path, config: AugmentConfig, pipe, detector, classifier, tiles
             tried = len(mine) - len(todo) + position
             progress.bar.total = min(len(mine), expected_candidates(tried, quota.total, quota.wanted))
             progress.bar.set_postfix(accepted=f"{quota.total}/{quota.wanted}", refresh=False)
-            progress.update(len(batch))
+            progress.update(position - start)  # the candidates skipped count as done
     progress.close()
     state.wait_for_everyone()
     return timing
 
 
 def accept_quota(config: AugmentConfig, layouts: list[LayoutRecord], share: int = 1) -> CountQuota:
-    """Which candidates that pass the filter the dataset takes: with the filter on, images with
-    k objects as long as they are fewer than num_images x the share of the drawn layouts with k
-    objects (the sampler draws the real tiles' distribution, so the accepted set keeps it
-    however much more often empty layouts pass); with it off, the first num_images. `share`:
-    the processes sharing the candidates, each takes 1 / share of every target (rounded up)."""
+    """Which candidates that pass the filter the dataset takes: with the filter on, as many with
+    each number of objects as make num_images distributed as the drawn layouts (CountQuota.
+    matching), which the sampler draws from the real tiles' distribution (or the one --per-class
+    or inpaint mode asks for): empty layouts, which pass most often, cannot crowd the set, and
+    every bin can be filled from the layouts there are. With the filter off, the first
+    num_images. `share`: the processes sharing the candidates."""
     if not config.filter.enabled:
-        return CountQuota([math.ceil(config.num_images / share)], pooled=True)
-    targets = count_targets(objects_histogram(layouts), config.num_images)
-    return CountQuota([math.ceil(t / share) for t in targets])
+        return CountQuota.first(math.ceil(config.num_images / share))
+    return CountQuota.matching(objects_histogram(layouts), config.num_images, share)
 
 
 CALIBRATION_TILES = 256  # real tiles per calibration set at most (a seeded choice): cheap, and 1% quantiles
