@@ -4,6 +4,8 @@ per pixel as a latent with 3 channels would), side by side; plus encode and deco
 
     .venv/bin/python benchmarks/autoencoder_quality.py [--model DIR[,DIR...]] [--size 256]
 
+DIR: an exported autoencoder, or a checkpoint of a run still training (its EMA weights).
+
 Held-out tiles: SOAP_061 (validation) and OSBS_029 (the test image), neither trained on,
 256 px at 0.1 m/px (the windows overlap where 400 px does not divide). PSNR and SSIM in [0, 1]
 RGB; sharpness = high-frequency (Laplacian) energy over the truth's (1 = as sharp); colour =
@@ -66,9 +68,30 @@ def reconstruct(vae, images: torch.Tensor) -> tuple[torch.Tensor, float, float]:
     return torch.cat(outputs), encode_s / megapixels, decode_s / megapixels
 
 
+def load_vae(folder: Path):
+    """An exported autoencoder, or a checkpoint of a training run (checkpoints/step-N: its EMA
+    weights where the run keeps them, in the architecture of the run's config.yaml), so a run
+    can be followed while it trains."""
+    if not (folder / "state.json").is_file():
+        return load_autoencoder(folder)
+    from safetensors.torch import load_file
+
+    from earthsynth.config import load_config
+    from earthsynth.generation.autoencoder import build_autoencoder
+
+    config = load_config(folder.parents[1] / "config.yaml")
+    mc = config.model
+    vae = build_autoencoder(mc.block_out_channels, mc.layers_per_block, mc.latent_channels, mc.mid_attention,
+                            sample_size=config.data.tile_size)
+    weights = folder / "ema.safetensors" if (folder / "ema.safetensors").is_file() else folder / "model.safetensors"
+    vae.load_state_dict({k.removeprefix("vae."): v for k, v in load_file(weights).items() if k.startswith("vae.")})
+    return vae
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="", help="exported autoencoder folder(s), comma-separated "
+    parser.add_argument("--model", default="", help="exported autoencoder folder(s) or training checkpoints "
+                                                    "(runs/autoencoder/checkpoints/step-N), comma-separated "
                                                     "(default: the bundled one)")
     parser.add_argument("--size", type=int, default=256)
     args = parser.parse_args()
@@ -77,7 +100,7 @@ def main() -> None:
 
     rows = []
     for folder in folders:
-        vae = load_autoencoder(folder).eval()
+        vae = load_vae(folder).eval()
         factor = downsampling(vae)
         result = {"bicubic": {}, "vae": {}}
         for split, truth in truths.items():
