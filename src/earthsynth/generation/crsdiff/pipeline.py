@@ -98,11 +98,11 @@ def crsdiff_conditions(control_adapter, text, null_text, values: torch.Tensor, m
         dtype = next(control_adapter.parameters()).dtype
         inputs, weights = {}, {}
         for name, scale in kept.items():
-            data = ~torch.isnan(maps[name]).any(1, keepdim=True)  # (B, 1, H, W): where the map has data
-            weights[name] = scale.to(device, dtype)
-            if not data.all():
-                weights[name] = weights[name].view(-1, 1, 1, 1) * data.to(device, dtype)
-            inputs[name] = maps[name].nan_to_num(0.0).to(device, dtype)
+            weights[name], inputs[name] = scale.to(device, dtype), maps[name].to(device, dtype)
+            data = ~torch.isnan(inputs[name]).any(1, keepdim=True)  # (B, 1, H, W): where the map has data
+            if not data.all():  # a partial map: a weight per pixel, zero (and a zero input) where it has none
+                weights[name] = weights[name].view(-1, 1, 1, 1) * data.to(dtype)
+                inputs[name] = inputs[name].nan_to_num(0.0)
         conditions["down"], conditions["mid"] = control_adapter(inputs, weights)
     return conditions
 
